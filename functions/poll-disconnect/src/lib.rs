@@ -1,0 +1,25 @@
+//! `POST /api/v1/communication/poll/disconnect/` — mark the caller offline.
+//!
+//! Deletes the user's presence queue at once instead of letting it lapse five minutes
+//! after the last poll (the browser calls this on page unload).
+
+use lambda_http::{Body, Error, Request, Response, http::{Method, StatusCode}};
+use longpoll::{
+    App,
+    http::{ApiError, json_response, require_method, respond},
+};
+use serde_json::json;
+use tracing::info;
+
+/// The Lambda handler; also mounted by the local server.
+pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error> {
+    respond(disconnect(app, &request).await)
+}
+
+async fn disconnect(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
+    require_method(request, Method::POST)?;
+    let identity = app.authenticate(request)?;
+    app.broker.mark_offline(identity.user_id).await?;
+    info!(user_id = identity.user_id.0, "user disconnected");
+    Ok(json_response(StatusCode::OK, &json!({"status": "disconnected", "user_id": identity.user_id.0})))
+}

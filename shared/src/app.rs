@@ -1,0 +1,48 @@
+//! The dependencies a handler receives, built once per process and shared by every
+//! invocation (the broker connection inside them is what makes warm polls fast).
+
+use std::sync::Arc;
+
+use lambda_http::{Request, http::header};
+
+use crate::{
+    broker::{Broker, RabbitBroker},
+    config::{Config, ConfigError},
+    http::{ApiError, query_param},
+    token::{AuthError, Identity, TokenVerifier, extract_token},
+};
+
+/// Config, token verifier and broker: everything a handler uses.
+#[derive(Clone)]
+pub struct App {
+    pub config: Config,
+    pub tokens: TokenVerifier,
+    pub broker: Arc<dyn Broker>,
+}
+
+impl App {
+    pub fn new(config: Config, broker: Arc<dyn Broker>) -> Self {
+        let tokens = TokenVerifier::new(&config.jwt_secret);
+        Self { config, tokens, broker }
+    }
+
+    /// The Lambda set-up: configuration from the environment and RabbitMQ, connected
+    /// lazily on the first request (so a cold start never waits for the broker, and a
+    /// broker outage is a 503 rather than a crash loop).
+    pub fn from_env(function: &str) -> Result<Self, ConfigError> {
+        let config = Config::from_env(function)?;
+        let broker = Arc::new(RabbitBroker::new(&config));
+        Ok(Self::new(config, broker))
+    }
+
+    /// The caller, from the token in the `Authorization` header or `?token=`.
+    pub fn authenticate(&self, request: &Request) -> Result<Identity, ApiError> {
+        let authorization = match request.headers().get(header::AUTHORIZATION) {
+            Some(value) => Some(value.to_str().map_err(|_| AuthError::BadScheme)?),
+            None => None,
+        };
+        let query_token = query_param(request, "token");
+        let token = extract_token(authorization, query_token.as_deref())?;
+        Ok(self.tokens.verify(token)?)
+    }
+}

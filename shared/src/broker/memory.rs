@@ -1,0 +1,247 @@
+//! The in-memory broker: RabbitMQ's semantics for this project's topology, in process.
+//!
+//! Same rules as the real thing, so the conformance suite passes on both: queues are
+//! created by a poll and bound to `user.<id>` and `college.<id>`; a publish goes to every
+//! bound queue (none bound: not routed); a queue keeps at most 100 events and drops the
+//! oldest; events expire after their type's TTL; a queue unused for 30 minutes
+//! disappears with its bindings; presence lasts the presence TTL after the last poll.
+//! A waiting poll sleeps on a [`Notify`] that publishing wakes: push, not polling.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use tokio::{
+    sync::Notify,
+    time::{Instant, timeout_at},
+};
+
+use super::{Broker, BrokerError, Publication, Receipt};
+use crate::{
+    event::{Event, epoch_seconds},
+    topology::{MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES, UserId},
+};
+
+/// How often expired queues and presence entries are swept away, so memory stays
+/// bounded even for users who never come back.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The in-memory [`Broker`].
+pub struct MemoryBroker {
+    presence_ttl: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, Queue>,
+    /// Routing key → names of the queues bound to it (the topic exchange).
+    bindings: HashMap<String, BTreeSet<String>>,
+    /// User → when their presence lapses.
+    presence: HashMap<UserId, Instant>,
+    last_sweep: Option<Instant>,
+}
+
+struct Queue {
+    messages: VecDeque<Stored>,
+    /// Routing keys bound to this queue, to unbind it when it expires.
+    keys: BTreeSet<String>,
+    /// Polls waiting on the queue; a queue with consumers never expires.
+    consumers: usize,
+    last_used: Instant,
+    /// Woken by every publish to this queue.
+    arrivals: Arc<Notify>,
+}
+
+struct Stored {
+    event: Event,
+    expires_at: Instant,
+}
+
+impl Queue {
+    fn new(now: Instant) -> Self {
+        Self {
+            messages: VecDeque::new(),
+            keys: BTreeSet::new(),
+            consumers: 0,
+            last_used: now,
+            arrivals: Arc::new(Notify::new()),
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.consumers == 0 && now.duration_since(self.last_used) >= USER_QUEUE_EXPIRES
+    }
+
+    /// Removes and returns up to a batch of live events, oldest first.
+    fn take_batch(&mut self, now: Instant) -> Vec<Event> {
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
+            match self.messages.pop_front() {
+                Some(stored) if stored.expires_at > now => batch.push(stored.event),
+                Some(_expired) => continue,
+                None => break,
+            }
+        }
+        batch
+    }
+}
+
+impl State {
+    /// Drops expired queues (and their bindings) and lapsed presence, at most once per
+    /// [`SWEEP_INTERVAL`].
+    fn sweep(&mut self, now: Instant) {
+        if self.last_sweep.is_some_and(|last| now.duration_since(last) < SWEEP_INTERVAL) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let expired: Vec<String> =
+            self.queues.iter().filter(|(_, queue)| queue.expired(now)).map(|(name, _)| name.clone()).collect();
+        for name in expired {
+            self.delete_queue(&name);
+        }
+        self.presence.retain(|_, lapses| *lapses > now);
+    }
+
+    fn delete_queue(&mut self, name: &str) {
+        if let Some(queue) = self.queues.remove(name) {
+            for key in queue.keys {
+                if let Some(bound) = self.bindings.get_mut(&key) {
+                    bound.remove(name);
+                    if bound.is_empty() {
+                        self.bindings.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Declares the subscriber's queue (recreating it if it expired) and binds it.
+    fn declare(&mut self, subscriber: &Subscriber, now: Instant) -> &mut Queue {
+        let name = subscriber.queue_name();
+        if self.queues.get(&name).is_some_and(|queue| queue.expired(now)) {
+            self.delete_queue(&name);
+        }
+        for key in subscriber.routing_keys() {
+            self.bindings.entry(key.clone()).or_default().insert(name.clone());
+            self.queues.entry(name.clone()).or_insert_with(|| Queue::new(now)).keys.insert(key);
+        }
+        let queue = self.queues.get_mut(&name).expect("declared above");
+        queue.last_used = now;
+        queue
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker whose presence entries last `presence_ttl`.
+    pub fn new(presence_ttl: Duration) -> Self {
+        Self { presence_ttl, state: Mutex::new(State::default()) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way
+        // that matters more than refusing every later request would.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counts a waiting poll as a consumer for as long as it waits, however it ends.
+struct ConsumerGuard<'a> {
+    broker: &'a MemoryBroker,
+    queue: String,
+}
+
+impl Drop for ConsumerGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.broker.state();
+        if let Some(queue) = state.queues.get_mut(&self.queue) {
+            queue.consumers -= 1;
+            queue.last_used = Instant::now();
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.sweep(now);
+        let mut receipts = Vec::with_capacity(batch.len());
+        for publication in batch {
+            let outgoing = &publication.event;
+            let bound: Vec<String> = state
+                .bindings
+                .get(&publication.audience.routing_key())
+                .map(|queues| queues.iter().cloned().collect())
+                .unwrap_or_default();
+            let mut routed = false;
+            for name in bound {
+                let Some(queue) = state.queues.get_mut(&name).filter(|queue| !queue.expired(now)) else {
+                    continue;
+                };
+                let timestamp = epoch_seconds(outgoing.published_at).trunc() as u64;
+                let event = Event::from_message(&outgoing.body, Some(&outgoing.id), Some(timestamp))
+                    .expect("an OutgoingEvent body is always an event");
+                let ttl = outgoing.event_type.ttl().min(QUEUE_MESSAGE_TTL);
+                if queue.messages.len() >= MAX_QUEUE_LENGTH {
+                    queue.messages.pop_front(); // x-overflow: drop-head
+                }
+                queue.messages.push_back(Stored { event, expires_at: now + ttl });
+                queue.arrivals.notify_waiters();
+                routed = true;
+            }
+            receipts.push(Receipt { id: outgoing.id.clone(), routed });
+        }
+        Ok(receipts)
+    }
+
+    async fn wait_for_events(&self, subscriber: &Subscriber, deadline: Instant) -> Result<Vec<Event>, BrokerError> {
+        let arrivals = {
+            let mut state = self.state();
+            state.sweep(Instant::now());
+            let queue = state.declare(subscriber, Instant::now());
+            queue.consumers += 1;
+            queue.arrivals.clone()
+        };
+        let _consumer = ConsumerGuard { broker: self, queue: subscriber.queue_name() };
+        loop {
+            // Register for the wake-up before looking, so a publish between the look
+            // and the wait is not missed.
+            let arrival = arrivals.notified();
+            tokio::pin!(arrival);
+            arrival.as_mut().enable();
+            let batch = {
+                let mut state = self.state();
+                let queue = state.queues.get_mut(&subscriber.queue_name()).expect("a queue with consumers never expires");
+                queue.take_batch(Instant::now())
+            };
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            if timeout_at(deadline, arrival).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        self.state().presence.insert(user, now + self.presence_ttl);
+        Ok(())
+    }
+
+    async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
+        self.state().presence.remove(&user);
+        Ok(())
+    }
+
+    async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
+        let now = Instant::now();
+        let state = self.state();
+        Ok(users.iter().map(|user| state.presence.get(user).is_some_and(|lapses| *lapses > now)).collect())
+    }
+}

@@ -1,0 +1,77 @@
+//! Where events wait: the [`Broker`] trait the handlers use, and its two implementations.
+//!
+//! - [`RabbitBroker`] talks AMQP 0-9-1 to RabbitMQ (or Amazon MQ) through lapin.
+//! - [`MemoryBroker`] keeps the same queues in process, with the same rules, for the
+//!   zero-setup local run and fast handler tests.
+//!
+//! Both pass one conformance suite (`tests/conformance.rs`), so a handler cannot tell
+//! them apart except by speed.
+
+mod memory;
+mod rabbit;
+
+pub use memory::MemoryBroker;
+pub use rabbit::RabbitBroker;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::{
+    event::{Event, OutgoingEvent},
+    topology::{Audience, Subscriber, UserId},
+};
+
+/// The broker could not do what was asked. Handlers answer 503 with `Retry-After`:
+/// every variant is worth retrying once the broker is back.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach the broker: {0}")]
+    Unreachable(String),
+    #[error("the broker did not answer {0} in time")]
+    Timeout(&'static str),
+    #[error("the broker failed during {operation}: {reason}")]
+    Failed { operation: &'static str, reason: String },
+}
+
+/// One event for one audience.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub audience: Audience,
+    pub event: OutgoingEvent,
+}
+
+/// What became of a published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: String,
+    /// False when no queue took the event: nobody of that audience is polling.
+    pub routed: bool,
+}
+
+/// What the handlers need from a broker; nothing more.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes each event persistently and returns once the broker has confirmed all
+    /// of them, in order.
+    async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError>;
+
+    /// Makes sure the subscriber's queue exists and is bound, then returns the events
+    /// waiting in it (at once, up to [`crate::topology::MAX_BATCH`], oldest first), or
+    /// waits for the first one to arrive and returns it with whatever else is there by
+    /// then, or returns nothing at `deadline`. Returned events are removed.
+    async fn wait_for_events(
+        &self,
+        subscriber: &Subscriber,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError>;
+
+    /// Marks the user online for the presence TTL from now.
+    async fn mark_online(&self, user: UserId) -> Result<(), BrokerError>;
+
+    /// Marks the user offline at once.
+    async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError>;
+
+    /// Whether each user is online (polled within the presence TTL, not disconnected
+    /// since), in the order given.
+    async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError>;
+}

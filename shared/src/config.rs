@@ -1,0 +1,186 @@
+//! Settings from the environment. Names and defaults follow `shared/spec/contract.md`.
+
+use std::{env, fmt, time::Duration};
+
+/// Default broker: the local RabbitMQ with its stock credentials.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default topic exchange every event is published to.
+pub const DEFAULT_EXCHANGE: &str = "longpoll.events";
+/// How long a poll is held open when no event arrives (the guide's 5.5 s).
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_millis(5_500);
+/// How long a user counts as online after their last poll (the guide's 5 minutes).
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(300);
+/// How long to wait for the broker before answering 503: long enough for a TLS
+/// handshake to Amazon MQ, short enough to leave room in a 5.5 s hold.
+pub const DEFAULT_AMQP_TIMEOUT: Duration = Duration::from_millis(2_000);
+
+/// A setting that is missing or unusable. The message names the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0} is not set (required)")]
+    Missing(&'static str),
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// Everything a function needs to know about its surroundings.
+#[derive(Clone)]
+pub struct Config {
+    /// Broker URL (`amqp://` or `amqps://`); holds a password, so never printed whole.
+    pub amqp_url: String,
+    /// Shared secret for HS256 user tokens.
+    pub jwt_secret: Vec<u8>,
+    /// Topic exchange events are published to and user queues are bound to.
+    pub exchange: String,
+    /// The hold of a poll that finds nothing (`POLL_TIMEOUT_MS`).
+    pub poll_timeout: Duration,
+    /// Lifetime of a presence queue after the last poll (`PRESENCE_TTL_MS`).
+    pub presence_ttl: Duration,
+    /// Bound on connecting and on each broker round trip (`AMQP_TIMEOUT_MS`).
+    pub amqp_timeout: Duration,
+    /// The name this process's AMQP connection shows in the management UI and
+    /// `rabbitmqctl list_connections`, so an operator can tell functions apart.
+    pub connection_name: String,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment. `function` names the
+    /// connection unless `AWS_LAMBDA_FUNCTION_NAME` gives a more specific name.
+    pub fn from_env(function: &str) -> Result<Self, ConfigError> {
+        Self::from_lookup(function, |name| env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process
+    /// environment.
+    pub fn from_lookup(
+        function: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let jwt_secret = get("JWT_SECRET").ok_or(ConfigError::Missing("JWT_SECRET"))?;
+        let millis = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(text) => match text.trim().parse::<u64>() {
+                    Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+                    _ => Err(ConfigError::Invalid {
+                        var,
+                        reason: format!("expected a positive number of milliseconds, got {text:?}"),
+                    }),
+                },
+            }
+        };
+        let amqp_url = get("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::Invalid {
+                var: "AMQP_URL",
+                reason: "expected an amqp:// or amqps:// URL".to_owned(),
+            });
+        }
+        Ok(Self {
+            amqp_url,
+            jwt_secret: jwt_secret.into_bytes(),
+            exchange: get("EVENTS_EXCHANGE").unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned()),
+            poll_timeout: millis("POLL_TIMEOUT_MS", DEFAULT_POLL_TIMEOUT)?,
+            presence_ttl: millis("PRESENCE_TTL_MS", DEFAULT_PRESENCE_TTL)?,
+            amqp_timeout: millis("AMQP_TIMEOUT_MS", DEFAULT_AMQP_TIMEOUT)?,
+            connection_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| function.to_owned()),
+        })
+    }
+
+    /// A configuration for tests and tools: the given broker and secret, contract
+    /// defaults for the rest.
+    pub fn for_tests(amqp_url: &str, jwt_secret: &str, connection_name: &str) -> Self {
+        Self {
+            amqp_url: amqp_url.to_owned(),
+            jwt_secret: jwt_secret.as_bytes().to_vec(),
+            exchange: DEFAULT_EXCHANGE.to_owned(),
+            poll_timeout: DEFAULT_POLL_TIMEOUT,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
+            amqp_timeout: DEFAULT_AMQP_TIMEOUT,
+            connection_name: connection_name.to_owned(),
+        }
+    }
+
+    /// The broker URL with any password replaced, fit for logs and error messages.
+    pub fn redacted_amqp_url(&self) -> String {
+        redact_url(&self.amqp_url)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("amqp_url", &self.redacted_amqp_url())
+            .field("jwt_secret", &"<redacted>")
+            .field("exchange", &self.exchange)
+            .field("poll_timeout", &self.poll_timeout)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("amqp_timeout", &self.amqp_timeout)
+            .field("connection_name", &self.connection_name)
+            .finish()
+    }
+}
+
+/// `amqp://user:secret@host/` → `amqp://user:***@host/`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup("poll-events", |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = config(&[("JWT_SECRET", "s")]).unwrap();
+        assert_eq!(config.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(config.exchange, "longpoll.events");
+        assert_eq!(config.poll_timeout, Duration::from_millis(5500));
+        assert_eq!(config.presence_ttl, Duration::from_secs(300));
+        assert_eq!(config.connection_name, "poll-events");
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_variable() {
+        let error = config(&[]).unwrap_err();
+        assert_eq!(error, ConfigError::Missing("JWT_SECRET"));
+        assert!(error.to_string().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn bad_numbers_and_urls_name_the_variable() {
+        let error = config(&[("JWT_SECRET", "s"), ("POLL_TIMEOUT_MS", "soon")]).unwrap_err();
+        assert!(error.to_string().starts_with("POLL_TIMEOUT_MS is invalid"));
+        let error = config(&[("JWT_SECRET", "s"), ("AMQP_URL", "http://x")]).unwrap_err();
+        assert!(error.to_string().starts_with("AMQP_URL is invalid"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = config(&[
+            ("JWT_SECRET", "topsecret"),
+            ("AMQP_URL", "amqps://user:hunter2@b-1.mq.amazonaws.com:5671/%2f"),
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("topsecret"), "{shown}");
+        assert!(shown.contains("amqps://user:***@b-1.mq.amazonaws.com:5671/%2f"));
+    }
+}

@@ -1,0 +1,214 @@
+//! What every handler needs around the broker: JSON responses, the one mapping from
+//! outcomes to status codes, method checks, the query string and the poll's deadline.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lambda_http::{
+    Body, Request, RequestExt, Response,
+    http::{HeaderValue, Method, StatusCode, header},
+};
+use serde::Serialize;
+use serde_json::json;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::{broker::BrokerError, token::AuthError};
+
+/// Seconds a client should wait before retrying when the broker is unavailable.
+pub const RETRY_AFTER_SECS: u64 = 2;
+/// Time kept back from the Lambda deadline to stop waiting, stop the consumer, ack
+/// and send the answer, so the function never runs into its timeout mid-response.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
+/// A deadline further off than this is not a Lambda deadline (functions run for 15
+/// minutes at most); `cargo lambda watch` passes a duration there, not a time.
+const LONGEST_LAMBDA_RUN: Duration = Duration::from_secs(15 * 60);
+
+/// Every way a request can fail, each with its status. Handlers return it and
+/// [`ApiError::into_response`] answers it; `Err` from a handler is kept for the truly
+/// unexpected, so the Lambda error metric stays honest.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{method} is not allowed here; use {allow}")]
+    MethodNotAllowed { method: Method, allow: Method },
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error(transparent)]
+    Unavailable(#[from] BrokerError),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { code, message: message.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(auth) => auth.code(),
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unavailable(_) => "broker_unavailable",
+        }
+    }
+
+    /// `{"error": code, "message": text}` with the status, plus `Allow` on 405 and
+    /// `Retry-After` on 503.
+    pub fn into_response(self) -> Response<Body> {
+        let message = match &self {
+            // The detail (host, AMQP reply) is for the logs, not for browsers.
+            ApiError::Unavailable(cause) => {
+                warn!(error = %cause, "answering 503: broker unavailable");
+                format!("the event broker is unavailable; retry in {RETRY_AFTER_SECS} s")
+            }
+            other => other.to_string(),
+        };
+        let mut response = json_response(self.status(), &json!({"error": self.code(), "message": message}));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, HeaderValue::from_str(allow.as_str()).expect("a method is a valid header"));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response that no proxy or browser caches: every poll answer is fresh.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_string(body).expect("response bodies always serialize");
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::Text(body))
+        .expect("a response from a status, two static headers and a body is valid")
+}
+
+/// Answers `outcome`, turning an [`ApiError`] into its JSON error response.
+pub fn respond(outcome: Result<Response<Body>, ApiError>) -> Result<Response<Body>, lambda_http::Error> {
+    Ok(outcome.unwrap_or_else(ApiError::into_response))
+}
+
+/// 405 unless the request uses `allowed`.
+pub fn require_method(request: &Request, allowed: Method) -> Result<(), ApiError> {
+    if request.method() == allowed {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed { method: request.method().clone(), allow: allowed })
+    }
+}
+
+/// The first value of a query parameter. API Gateway and `cargo lambda watch` hand the
+/// parameters over parsed; a plain HTTP server (the local one) leaves them in the URI.
+pub fn query_param(request: &Request, name: &str) -> Option<String> {
+    if let Some(parameters) = request.query_string_parameters_ref() {
+        return parameters.first(name).map(str::to_owned);
+    }
+    let query = request.uri().query()?;
+    let parameters: lambda_http::aws_lambda_events::query_map::QueryMap = query.parse().ok()?;
+    parameters.first(name).map(str::to_owned)
+}
+
+/// When a poll must stop waiting: `hold` from now, or earlier if the Lambda deadline
+/// (minus [`DEADLINE_MARGIN`]) comes first. A deadline that is already past or
+/// absurdly far (`cargo lambda watch` sends a duration there) is ignored.
+pub fn poll_deadline(request: &Request, hold: Duration) -> Instant {
+    let now = Instant::now();
+    let Some(deadline_ms) = request.lambda_context_ref().map(|context| context.deadline) else {
+        return now + hold;
+    };
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let Some(left) = deadline_ms.checked_sub(now_ms).map(Duration::from_millis) else {
+        return now + hold;
+    };
+    if left > LONGEST_LAMBDA_RUN {
+        return now + hold;
+    }
+    now + hold.min(left.saturating_sub(DEADLINE_MARGIN))
+}
+
+/// Now, in epoch seconds with a fraction: the `timestamp` of every answer.
+pub fn now_seconds() -> f64 {
+    crate::event::epoch_seconds(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::Context;
+
+    fn with_deadline(deadline_ms: u64) -> Request {
+        let mut context = Context::default();
+        context.deadline = deadline_ms;
+        Request::default().with_lambda_context(context)
+    }
+
+    fn epoch_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    #[test]
+    fn the_hold_ends_before_the_lambda_deadline() {
+        let hold = Duration::from_millis(5500);
+        let deadline = poll_deadline(&with_deadline(epoch_ms() + 3000), hold);
+        let left = deadline - Instant::now();
+        assert!(left <= Duration::from_millis(2250) && left > Duration::from_millis(2000), "{left:?}");
+    }
+
+    #[test]
+    fn a_far_deadline_leaves_the_configured_hold() {
+        let hold = Duration::from_millis(5500);
+        let deadline = poll_deadline(&with_deadline(epoch_ms() + 60_000), hold);
+        assert!(deadline - Instant::now() > Duration::from_millis(5400));
+    }
+
+    #[test]
+    fn past_absurd_or_missing_deadlines_are_ignored() {
+        let hold = Duration::from_millis(5500);
+        // `cargo lambda watch` sends 600000: a duration, read as a time long past.
+        for request in [with_deadline(600_000), with_deadline(epoch_ms() + 3_600_000), Request::default()] {
+            let left = poll_deadline(&request, hold) - Instant::now();
+            assert!(left > Duration::from_millis(5400), "{left:?}");
+        }
+    }
+
+    #[test]
+    fn errors_carry_their_status_and_headers() {
+        let response = ApiError::MethodNotAllowed { method: Method::POST, allow: Method::GET }.into_response();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[header::ALLOW], "GET");
+        let response = ApiError::Unavailable(BrokerError::Timeout("connect")).into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn query_parameters_come_from_the_uri_when_not_parsed() {
+        let request: Request = lambda_http::http::Request::builder()
+            .uri("http://localhost/api/v1/communication/poll/events/?token=a%2Bb&x=1")
+            .body(Body::Empty)
+            .unwrap();
+        assert_eq!(query_param(&request, "token").as_deref(), Some("a+b"));
+        assert_eq!(query_param(&request, "missing"), None);
+    }
+}

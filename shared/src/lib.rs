@@ -1,0 +1,40 @@
+//! # longpoll — the queue crate
+//!
+//! Everything the long-polling functions share: how they are configured, what an event
+//! is, who the caller is, how events are laid out on RabbitMQ, and how a poll waits for
+//! them. The function binaries under `functions/` are thin: they parse nothing and build
+//! no AMQP frames themselves.
+//!
+//! ## Layout
+//!
+//! - [`config`]: settings from the environment, with defaults from the contract; a missing
+//!   required setting is an error that names the variable.
+//! - [`event`]: the four event types with typed `data` ([`event::EventBody`]), the wire
+//!   body producers publish, and the envelope (`id`, `timestamp`) a poll returns.
+//! - [`token`]: finding the user token in a request (query, `Token`, `Bearer`) and
+//!   verifying it (HS256 JWT); minting tokens for tests and local use.
+//! - [`topology`]: queue and exchange names, routing keys and queue arguments: the one
+//!   place the contract's AMQP layout is written down.
+//! - [`broker`]: the [`broker::Broker`] trait the handlers use, with two implementations:
+//!   [`broker::RabbitBroker`] (lapin; one connection per process, reconnects on demand)
+//!   and [`broker::MemoryBroker`] (same semantics, in process, for the zero-setup local
+//!   run and fast tests).
+//! - [`http`]: what every handler needs around the broker: JSON responses, the error to
+//!   status mapping, method checks, the query string, and the hold allowed by the Lambda
+//!   deadline.
+//! - [`app`]: [`app::App`], the dependencies a handler receives (config, token verifier,
+//!   broker), built once per process.
+//! - [`telemetry`]: `tracing` set-up: JSON on AWS Lambda, readable text locally.
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod telemetry;
+pub mod token;
+pub mod topology;
+
+pub use app::App;
+pub use broker::{Broker, BrokerError, MemoryBroker, RabbitBroker};
+pub use config::Config;

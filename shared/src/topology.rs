@@ -1,0 +1,140 @@
+//! The AMQP layout from the contract, written down once: names, routing keys and queue
+//! arguments. Brokers turn these into frames (RabbitMQ) or into rules (memory); nothing
+//! else spells a queue name.
+
+use std::{fmt, time::Duration};
+
+use crate::event::EVENT_TTL;
+
+/// Most events a user queue keeps; past it the oldest is dropped (`x-overflow: drop-head`).
+pub const MAX_QUEUE_LENGTH: usize = 100;
+/// Most events one poll returns.
+pub const MAX_BATCH: usize = 100;
+/// An unused user queue is deleted after this (`x-expires`), as are its events.
+pub const USER_QUEUE_EXPIRES: Duration = Duration::from_secs(30 * 60);
+/// Time to live of an event in a user queue (`x-message-ttl`).
+pub const QUEUE_MESSAGE_TTL: Duration = EVENT_TTL;
+
+/// A user, as the `sub` claim of their token names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub u64);
+
+/// A college: its events reach every polling member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CollegeId(pub u64);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for CollegeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Who an event is for; decides its routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Audience {
+    User(UserId),
+    College(CollegeId),
+}
+
+impl Audience {
+    /// `user.<id>` or `college.<id>`.
+    pub fn routing_key(self) -> String {
+        match self {
+            Audience::User(user) => format!("user.{user}"),
+            Audience::College(college) => format!("college.{college}"),
+        }
+    }
+}
+
+/// A polling user: whose queue to read and which routing keys feed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    pub user_id: UserId,
+    pub college_id: Option<CollegeId>,
+}
+
+impl Subscriber {
+    /// `event_queue:user:<id>`.
+    pub fn queue_name(&self) -> String {
+        format!("event_queue:user:{}", self.user_id)
+    }
+
+    /// The routing keys bound to the queue: the user's own and, for a member of a
+    /// college, the college's, so a college event reaches each member once.
+    pub fn routing_keys(&self) -> Vec<String> {
+        let mut keys = vec![Audience::User(self.user_id).routing_key()];
+        if let Some(college) = self.college_id {
+            keys.push(Audience::College(college).routing_key());
+        }
+        keys
+    }
+}
+
+/// `online_status:user:<id>`: exists while the user is online.
+pub fn presence_queue_name(user: UserId) -> String {
+    format!("online_status:user:{user}")
+}
+
+/// The arguments of every user queue, in the contract's words. `x-queue-type` is
+/// explicit because Amazon MQ on RabbitMQ 4 would otherwise make a quorum queue.
+pub fn user_queue_arguments() -> Vec<(&'static str, QueueArgument)> {
+    vec![
+        ("x-queue-type", QueueArgument::Text("classic")),
+        ("x-max-length", QueueArgument::Number(MAX_QUEUE_LENGTH as u64)),
+        ("x-overflow", QueueArgument::Text("drop-head")),
+        ("x-message-ttl", QueueArgument::Number(millis(QUEUE_MESSAGE_TTL))),
+        ("x-expires", QueueArgument::Number(millis(USER_QUEUE_EXPIRES))),
+    ]
+}
+
+/// The arguments of a presence queue: it expires `ttl` after the last poll.
+pub fn presence_queue_arguments(ttl: Duration) -> Vec<(&'static str, QueueArgument)> {
+    vec![
+        ("x-queue-type", QueueArgument::Text("classic")),
+        ("x-expires", QueueArgument::Number(millis(ttl))),
+    ]
+}
+
+/// A queue argument value: the contract uses only strings and whole numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueArgument {
+    Text(&'static str),
+    Number(u64),
+}
+
+/// Milliseconds, as AMQP arguments and the `expiration` property count time.
+pub fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keys_follow_the_contract() {
+        let subscriber = Subscriber { user_id: UserId(42), college_id: Some(CollegeId(5)) };
+        assert_eq!(subscriber.queue_name(), "event_queue:user:42");
+        assert_eq!(subscriber.routing_keys(), ["user.42", "college.5"]);
+        assert_eq!(presence_queue_name(UserId(42)), "online_status:user:42");
+        let loner = Subscriber { user_id: UserId(7), college_id: None };
+        assert_eq!(loner.routing_keys(), ["user.7"]);
+    }
+
+    #[test]
+    fn user_queue_arguments_are_the_contract_values() {
+        let args = user_queue_arguments();
+        let get = |name: &str| args.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(get("x-queue-type"), QueueArgument::Text("classic"));
+        assert_eq!(get("x-max-length"), QueueArgument::Number(100));
+        assert_eq!(get("x-overflow"), QueueArgument::Text("drop-head"));
+        assert_eq!(get("x-message-ttl"), QueueArgument::Number(1_800_000));
+        assert_eq!(get("x-expires"), QueueArgument::Number(1_800_000));
+    }
+}

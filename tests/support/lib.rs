@@ -1,0 +1,179 @@
+//! Helpers shared by the integration tests.
+//!
+//! Every test uses its own random user and college ids, so tests run in parallel on the
+//! one shared broker without seeing each other's events, and leave only queues that
+//! expire on their own.
+
+use std::{process::Command, sync::Arc, time::Duration};
+
+use lambda_http::{Body, Request, Response};
+use longpoll::{
+    App, Broker, Config, MemoryBroker, RabbitBroker,
+    broker::{Publication, Receipt},
+    event::{EventBody, MessageData, NotificationData, TypingData},
+    token::TokenIssuer,
+    topology::{Audience, CollegeId, Subscriber, UserId},
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+pub const JWT_SECRET: &str = "integration-test-secret";
+
+/// The broker under test: `AMQP_URL`, or the local RabbitMQ.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned())
+}
+
+/// A configuration naming the test's connection, so a test can find and close it.
+pub fn config(connection_name: &str) -> Config {
+    Config::for_tests(&amqp_url(), JWT_SECRET, connection_name)
+}
+
+/// A connection name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn rabbit(config: &Config) -> Arc<dyn Broker> {
+    Arc::new(RabbitBroker::new(config))
+}
+
+pub fn memory(config: &Config) -> Arc<dyn Broker> {
+    Arc::new(MemoryBroker::new(config.presence_ttl))
+}
+
+/// A user id no other test (or earlier run) is likely to use.
+pub fn unique_user() -> UserId {
+    UserId(random_id())
+}
+
+pub fn unique_college() -> CollegeId {
+    CollegeId(random_id())
+}
+
+fn random_id() -> u64 {
+    // Large but below 2^53, so JavaScript clients could hold it too.
+    (uuid::Uuid::new_v4().as_u128() as u64) % 9_000_000_000_000 + 1_000_000_000
+}
+
+pub fn subscriber(user: UserId, college: Option<CollegeId>) -> Subscriber {
+    Subscriber { user_id: user, college_id: college }
+}
+
+/// A chat message whose `data.id` is `n`, so tests can check order.
+pub fn message(n: i64) -> EventBody {
+    serde_json::from_value(serde_json::json!({"event": "message", "data": {
+        "id": n, "sender_id": 1, "sender_name": "Tester", "message": format!("message {n}")}}))
+    .expect("a valid message")
+}
+
+pub fn typing(sender: i64) -> EventBody {
+    EventBody::Typing(TypingData { sender_id: sender, sender_name: None, is_typing: true, extra: Default::default() })
+}
+
+pub fn notice(title: &str) -> EventBody {
+    EventBody::Notification(NotificationData {
+        title: title.to_owned(),
+        message: "body".to_owned(),
+        notification_type: Some("notice".to_owned()),
+        timestamp: None,
+        extra: Default::default(),
+    })
+}
+
+pub fn message_data_id(event: &longpoll::event::Event) -> i64 {
+    event.data["id"].as_i64().expect("a message event with an id")
+}
+
+/// Publishes one event and returns its receipt.
+pub async fn publish(broker: &dyn Broker, audience: Audience, body: &EventBody) -> Receipt {
+    let receipts = broker
+        .publish(&[Publication { audience, event: body.prepare() }])
+        .await
+        .expect("publish");
+    receipts.into_iter().next().expect("one receipt")
+}
+
+/// Publishes many events to one audience, in order, confirmed together.
+pub async fn publish_all(broker: &dyn Broker, audience: Audience, bodies: &[EventBody]) -> Vec<Receipt> {
+    let batch: Vec<Publication> =
+        bodies.iter().map(|body| Publication { audience, event: body.prepare() }).collect();
+    broker.publish(&batch).await.expect("publish")
+}
+
+/// A poll with a short hold, used to create and bind a subscriber's queue. It marks the
+/// user online first, which also opens the broker connection outside the short hold.
+pub async fn declare(broker: &dyn Broker, subscriber: &Subscriber) {
+    broker.mark_online(subscriber.user_id).await.expect("mark online");
+    let events = broker
+        .wait_for_events(subscriber, Instant::now() + Duration::from_millis(50))
+        .await
+        .expect("declare by polling");
+    assert!(events.is_empty(), "a fresh queue has no events");
+}
+
+pub fn token(user: UserId, college: Option<CollegeId>) -> String {
+    TokenIssuer::new(JWT_SECRET.as_bytes()).mint(user, college, Some("Tester"), Duration::from_secs(600))
+}
+
+/// An app on `broker` whose polls hold for `hold`.
+pub fn app(config: Config, broker: Arc<dyn Broker>, hold: Duration) -> App {
+    let mut config = config;
+    config.poll_timeout = hold;
+    App::new(config, broker)
+}
+
+/// A real API Gateway HTTP API (payload 2.0) event from `fixtures/`, with
+/// `{{AUTHORIZATION}}` and `{{QUERY}}` filled in.
+pub fn fixture_request(name: &str, authorization: &str, query: &str) -> Request {
+    let path = format!("{}/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let template = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path}: {error}"));
+    let event = template.replace("{{AUTHORIZATION}}", authorization).replace("{{QUERY}}", query);
+    lambda_http::request::from_str(&event).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+/// The response status and its JSON body.
+pub fn json_of(response: &Response<Body>) -> Value {
+    serde_json::from_slice(response.body().as_ref()).expect("a JSON body")
+}
+
+/// Runs `rabbitmqctl` against the local node and returns its stdout.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl is installed");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// The queue's properties as the broker reports them: (arguments, durable, auto_delete).
+pub fn queue_on_broker(name: &str) -> Option<(Value, bool, bool)> {
+    let listing: Value =
+        serde_json::from_str(&rabbitmqctl(&["list_queues", "-q", "name", "arguments", "durable", "auto_delete", "--formatter", "json"]))
+            .expect("JSON from rabbitmqctl");
+    listing.as_array()?.iter().find(|queue| queue["name"] == name).map(|queue| {
+        // rabbitmqctl lists arguments as [name, type, value] triples.
+        let arguments: serde_json::Map<String, Value> = queue["arguments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|triple| (triple[0].as_str().unwrap_or_default().to_owned(), triple[2].clone()))
+            .collect();
+        (Value::Object(arguments), queue["durable"] == true, queue["auto_delete"] == true)
+    })
+}
+
+/// Closes the broker connection that carries `connection_name`, as an operator (or a
+/// broker restart) would.
+pub fn close_connection(connection_name: &str) {
+    let listing: Value =
+        serde_json::from_str(&rabbitmqctl(&["list_connections", "-q", "pid", "client_properties", "--formatter", "json"]))
+            .expect("JSON from rabbitmqctl");
+    let pids: Vec<String> = listing
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|connection| connection.to_string().contains(connection_name))
+        .map(|connection| connection["pid"].as_str().expect("a pid").to_owned())
+        .collect();
+    assert_eq!(pids.len(), 1, "exactly one connection named {connection_name}");
+    rabbitmqctl(&["close_connection", &pids[0], "closed by the reconnect test"]);
+}
