@@ -17,20 +17,39 @@ async fn returns_waiting_events_at_once(make: MakeBroker) {
     let broker = make(&config(&unique_name("conformance")));
     let user = subscriber(unique_user(), None);
     declare(&*broker, &user).await;
-    let receipts = publish_all(&*broker, Audience::User(user.user_id), &[message(1), message(2), message(3)]).await;
+    let receipts = publish_all(
+        &*broker,
+        Audience::User(user.user_id),
+        &[message(1), message(2), message(3)],
+    )
+    .await;
     assert!(receipts.iter().all(|receipt| receipt.routed));
 
     let started = Instant::now();
-    let events = broker.wait_for_events(&user, Instant::now() + HOLD).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?} with events waiting", started.elapsed());
-    assert_eq!(events.iter().map(message_data_id).collect::<Vec<_>>(), [1, 2, 3]);
+    let events = broker
+        .wait_for_events(&user, Instant::now() + HOLD)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?} with events waiting",
+        started.elapsed()
+    );
+    assert_eq!(
+        events.iter().map(message_data_id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     for (event, receipt) in events.iter().zip(&receipts) {
         assert_eq!(event.id, receipt.id);
         assert_eq!(event.event, "message");
         let age = longpoll::http::now_seconds() - event.timestamp.expect("a publish time");
         assert!((0.0..60.0).contains(&age), "timestamp {age} s old");
     }
-    assert_eq!(events[0].data, serde_json::to_value(message(1)).unwrap()["data"], "data passes unchanged");
+    assert_eq!(
+        events[0].data,
+        serde_json::to_value(message(1)).unwrap()["data"],
+        "data passes unchanged"
+    );
 }
 
 /// A waiting poll wakes when an event arrives, long before the hold is over.
@@ -48,7 +67,10 @@ async fn wakes_when_an_event_arrives(make: MakeBroker) {
     let events = waiter.await.unwrap().unwrap();
     let latency = published.elapsed();
     assert_eq!(events.iter().map(message_data_id).collect::<Vec<_>>(), [7]);
-    assert!(latency < Duration::from_secs(1), "woke {latency:?} after the publish");
+    assert!(
+        latency < Duration::from_secs(1),
+        "woke {latency:?} after the publish"
+    );
 }
 
 /// No event: an empty answer when the hold is over, not before and not much after.
@@ -56,10 +78,16 @@ async fn answers_empty_when_the_hold_runs_out(make: MakeBroker) {
     let broker = make(&config(&unique_name("conformance")));
     let user = subscriber(unique_user(), None);
     let started = Instant::now();
-    let events = broker.wait_for_events(&user, Instant::now() + Duration::from_millis(1200)).await.unwrap();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + Duration::from_millis(1200))
+        .await
+        .unwrap();
     let held = started.elapsed();
     assert!(events.is_empty());
-    assert!(held >= Duration::from_millis(1150) && held < Duration::from_millis(2000), "held {held:?}");
+    assert!(
+        held >= Duration::from_millis(1150) && held < Duration::from_millis(2000),
+        "held {held:?}"
+    );
 }
 
 /// A full queue returns one batch of 100 in publish order; the 101st publish drops the
@@ -71,10 +99,20 @@ async fn caps_batches_and_drops_the_oldest(make: MakeBroker) {
     let bodies: Vec<_> = (1..=101).map(message).collect();
     publish_all(&*broker, Audience::User(user.user_id), &bodies).await;
 
-    let events = broker.wait_for_events(&user, Instant::now() + HOLD).await.unwrap();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + HOLD)
+        .await
+        .unwrap();
     let ids: Vec<i64> = events.iter().map(message_data_id).collect();
-    assert_eq!(ids, (2..=101).collect::<Vec<_>>(), "100 events, oldest dropped, in order");
-    let after = broker.wait_for_events(&user, Instant::now() + Duration::from_millis(200)).await.unwrap();
+    assert_eq!(
+        ids,
+        (2..=101).collect::<Vec<_>>(),
+        "100 events, oldest dropped, in order"
+    );
+    let after = broker
+        .wait_for_events(&user, Instant::now() + Duration::from_millis(200))
+        .await
+        .unwrap();
     assert!(after.is_empty(), "the batch was removed from the queue");
 }
 
@@ -85,11 +123,17 @@ async fn returns_at_most_a_batch_per_poll(make: MakeBroker) {
     declare(&*broker, &user).await;
     let first: Vec<_> = (1..=60).map(message).collect();
     publish_all(&*broker, Audience::User(user.user_id), &first).await;
-    let events = broker.wait_for_events(&user, Instant::now() + HOLD).await.unwrap();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + HOLD)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 60);
     let second: Vec<_> = (61..=160).map(message).collect();
     publish_all(&*broker, Audience::User(user.user_id), &second).await;
-    let events = broker.wait_for_events(&user, Instant::now() + HOLD).await.unwrap();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + HOLD)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 100);
     assert_eq!(message_data_id(&events[0]), 61);
     assert_eq!(message_data_id(&events[99]), 160);
@@ -103,7 +147,10 @@ async fn typing_events_expire_after_ten_seconds(make: MakeBroker) {
     publish(&*broker, Audience::User(user.user_id), &typing(5)).await;
     publish(&*broker, Audience::User(user.user_id), &message(1)).await;
     tokio::time::sleep(Duration::from_millis(10_500)).await;
-    let events = broker.wait_for_events(&user, Instant::now() + Duration::from_millis(500)).await.unwrap();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + Duration::from_millis(500))
+        .await
+        .unwrap();
     let types: Vec<&str> = events.iter().map(|event| event.event.as_str()).collect();
     assert_eq!(types, ["message"]);
 }
@@ -114,7 +161,10 @@ async fn fresh_typing_events_arrive(make: MakeBroker) {
     let user = subscriber(unique_user(), None);
     declare(&*broker, &user).await;
     publish(&*broker, Audience::User(user.user_id), &typing(5)).await;
-    let events = broker.wait_for_events(&user, Instant::now() + HOLD).await.unwrap();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + HOLD)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, "typing");
     assert_eq!(events[0].data["sender_id"], 5);
@@ -133,14 +183,23 @@ async fn college_events_reach_every_member_once(make: MakeBroker) {
     let receipt = publish(&*broker, Audience::College(college), &notice("Exams")).await;
     assert!(receipt.routed);
     for member in [&alice, &bob] {
-        let events = broker.wait_for_events(member, Instant::now() + HOLD).await.unwrap();
+        let events = broker
+            .wait_for_events(member, Instant::now() + HOLD)
+            .await
+            .unwrap();
         assert_eq!(events.len(), 1, "exactly once each");
         assert_eq!(events[0].id, receipt.id);
         assert_eq!(events[0].data["title"], "Exams");
-        let again = broker.wait_for_events(member, Instant::now() + Duration::from_millis(200)).await.unwrap();
+        let again = broker
+            .wait_for_events(member, Instant::now() + Duration::from_millis(200))
+            .await
+            .unwrap();
         assert!(again.is_empty(), "delivered once, not twice");
     }
-    let events = broker.wait_for_events(&outsider, Instant::now() + Duration::from_millis(300)).await.unwrap();
+    let events = broker
+        .wait_for_events(&outsider, Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap();
     assert!(events.is_empty(), "another college's member gets nothing");
 }
 
@@ -153,9 +212,15 @@ async fn user_events_reach_only_that_user(make: MakeBroker) {
     declare(&*broker, &alice).await;
     declare(&*broker, &bob).await;
     publish(&*broker, Audience::User(alice.user_id), &message(1)).await;
-    let bobs = broker.wait_for_events(&bob, Instant::now() + Duration::from_millis(300)).await.unwrap();
+    let bobs = broker
+        .wait_for_events(&bob, Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap();
     assert!(bobs.is_empty(), "bob sees nothing of alice's");
-    let alices = broker.wait_for_events(&alice, Instant::now() + HOLD).await.unwrap();
+    let alices = broker
+        .wait_for_events(&alice, Instant::now() + HOLD)
+        .await
+        .unwrap();
     assert_eq!(alices.iter().map(message_data_id).collect::<Vec<_>>(), [1]);
 }
 
@@ -168,7 +233,12 @@ async fn reports_unrouted_events(make: MakeBroker) {
     declare(&*broker, &user).await;
     let receipt = publish(&*broker, Audience::User(user.user_id), &message(2)).await;
     assert!(receipt.routed);
-    let receipt = publish(&*broker, Audience::College(unique_college()), &notice("nobody")).await;
+    let receipt = publish(
+        &*broker,
+        Audience::College(unique_college()),
+        &notice("nobody"),
+    )
+    .await;
     assert!(!receipt.routed, "a college nobody polls for");
 }
 
@@ -179,15 +249,28 @@ async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
     config.presence_ttl = Duration::from_millis(1000);
     let broker = make(&config);
     let (alice, bob) = (unique_user(), unique_user());
-    assert_eq!(broker.is_online(&[alice, bob]).await.unwrap(), [false, false]);
+    assert_eq!(
+        broker.is_online(&[alice, bob]).await.unwrap(),
+        [false, false]
+    );
     broker.mark_online(alice).await.unwrap();
     broker.mark_online(bob).await.unwrap();
     assert_eq!(broker.is_online(&[alice, bob]).await.unwrap(), [true, true]);
     broker.mark_offline(alice).await.unwrap();
-    assert_eq!(broker.is_online(&[alice, bob]).await.unwrap(), [false, true]);
-    broker.mark_offline(alice).await.expect("disconnecting twice is fine");
+    assert_eq!(
+        broker.is_online(&[alice, bob]).await.unwrap(),
+        [false, true]
+    );
+    broker
+        .mark_offline(alice)
+        .await
+        .expect("disconnecting twice is fine");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(broker.is_online(&[bob]).await.unwrap(), [false], "presence lapses after its TTL");
+    assert_eq!(
+        broker.is_online(&[bob]).await.unwrap(),
+        [false],
+        "presence lapses after its TTL"
+    );
 }
 
 /// Two polls of the same user share the guide's single queue: each event goes to one of
@@ -199,16 +282,32 @@ async fn concurrent_polls_of_one_user_share_the_queue(make: MakeBroker) {
     let waiters: Vec<_> = (0..2)
         .map(|_| {
             let (broker, user) = (broker.clone(), user.clone());
-            tokio::spawn(async move { broker.wait_for_events(&user, Instant::now() + Duration::from_secs(2)).await })
+            tokio::spawn(async move {
+                broker
+                    .wait_for_events(&user, Instant::now() + Duration::from_secs(2))
+                    .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    publish_all(&*broker, Audience::User(user.user_id), &(1..=10).map(message).collect::<Vec<_>>()).await;
+    publish_all(
+        &*broker,
+        Audience::User(user.user_id),
+        &(1..=10).map(message).collect::<Vec<_>>(),
+    )
+    .await;
     let mut seen = Vec::new();
     for waiter in waiters {
         seen.extend(waiter.await.unwrap().unwrap().iter().map(message_data_id));
     }
-    seen.extend(broker.wait_for_events(&user, Instant::now() + Duration::from_millis(300)).await.unwrap().iter().map(message_data_id));
+    seen.extend(
+        broker
+            .wait_for_events(&user, Instant::now() + Duration::from_millis(300))
+            .await
+            .unwrap()
+            .iter()
+            .map(message_data_id),
+    );
     seen.sort();
     assert_eq!(seen, (1..=10).collect::<Vec<_>>());
 }
@@ -250,7 +349,8 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     declare(&*broker, &user).await;
     broker.mark_online(user.user_id).await.unwrap();
 
-    let (arguments, durable, auto_delete) = queue_on_broker(&user.queue_name()).expect("the user queue exists");
+    let (arguments, durable, auto_delete) =
+        queue_on_broker(&user.queue_name()).expect("the user queue exists");
     assert!(durable && !auto_delete);
     assert_eq!(arguments["x-queue-type"], "classic");
     assert_eq!(arguments["x-max-length"], 100);
@@ -259,29 +359,58 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     assert_eq!(arguments["x-expires"], 1_800_000);
 
     let presence = longpoll::topology::presence_queue_name(user.user_id);
-    let (arguments, durable, auto_delete) = queue_on_broker(&presence).expect("the presence queue exists");
+    let (arguments, durable, auto_delete) =
+        queue_on_broker(&presence).expect("the presence queue exists");
     assert!(durable && auto_delete);
     assert_eq!(arguments["x-queue-type"], "classic");
     assert_eq!(arguments["x-expires"], 300_000);
 
-    let bindings = rabbitmqctl(&["list_bindings", "-q", "source_name", "destination_name", "routing_key"]);
+    let bindings = rabbitmqctl(&[
+        "list_bindings",
+        "-q",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ]);
     for key in user.routing_keys() {
         assert!(
-            bindings.lines().any(|line| line.starts_with("longpoll.events\t") && line.contains(&user.queue_name()) && line.ends_with(&key)),
+            bindings
+                .lines()
+                .any(|line| line.starts_with("longpoll.events\t")
+                    && line.contains(&user.queue_name())
+                    && line.ends_with(&key)),
             "{} is bound to {key}",
             user.queue_name()
         );
     }
 
     // The broker itself enforces the arguments: a declare that differs is refused.
-    let connection = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut different = lapin::types::FieldTable::default();
-    different.insert("x-max-length".into(), lapin::types::AMQPValue::LongLongInt(99));
+    different.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(99),
+    );
     let refused = channel
-        .queue_declare(user.queue_name().into(), lapin::options::QueueDeclareOptions { durable: true, ..Default::default() }, different)
+        .queue_declare(
+            user.queue_name().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            different,
+        )
         .await;
-    assert!(refused.unwrap_err().to_string().contains("PRECONDITION_FAILED"));
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("PRECONDITION_FAILED")
+    );
     connection.close(200, "done".into()).await.ok();
 }
 
@@ -293,25 +422,37 @@ async fn rabbitmq_messages_without_an_id_get_a_stable_one() {
     let broker = rabbit(&config);
     let user = subscriber(unique_user(), None);
     declare(&*broker, &user).await;
-    let connection = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let body = br#"{"event":"notification","data":{"title":"t","message":"m","custom":[1,{"a":null}]}}"#;
+    let body =
+        br#"{"event":"notification","data":{"title":"t","message":"m","custom":[1,{"a":null}]}}"#;
     channel
         .basic_publish(
             "longpoll.events".into(),
             format!("user.{}", user.user_id).into(),
             Default::default(),
             body,
-            lapin::BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2),
+            lapin::BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2),
         )
         .await
         .unwrap()
         .await
         .unwrap();
-    let events = broker.wait_for_events(&user, Instant::now() + HOLD).await.unwrap();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + HOLD)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
     assert!(events[0].id.starts_with("sha256-"));
     assert_eq!(events[0].timestamp, None, "the producer set no timestamp");
-    assert_eq!(events[0].data, serde_json::json!({"title": "t", "message": "m", "custom": [1, {"a": null}]}));
+    assert_eq!(
+        events[0].data,
+        serde_json::json!({"title": "t", "message": "m", "custom": [1, {"a": null}]})
+    );
     connection.close(200, "done".into()).await.ok();
 }

@@ -23,7 +23,11 @@ pub struct App {
 impl App {
     pub fn new(config: Config, broker: Arc<dyn Broker>) -> Self {
         let tokens = TokenVerifier::new(&config.jwt_secret);
-        Self { config, tokens, broker }
+        Self {
+            config,
+            tokens,
+            broker,
+        }
     }
 
     /// The Lambda set-up: configuration from the environment and RabbitMQ, connected

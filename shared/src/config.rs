@@ -142,8 +142,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup("poll-events", |name| vars.get(name).cloned())
     }
 
@@ -176,11 +178,17 @@ mod tests {
     fn debug_output_hides_secrets() {
         let config = config(&[
             ("JWT_SECRET", "topsecret"),
-            ("AMQP_URL", "amqps://user:hunter2@b-1.mq.amazonaws.com:5671/%2f"),
+            (
+                "AMQP_URL",
+                "amqps://user:hunter2@b-1.mq.amazonaws.com:5671/%2f",
+            ),
         ])
         .unwrap();
         let shown = format!("{config:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("topsecret"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("topsecret"),
+            "{shown}"
+        );
         assert!(shown.contains("amqps://user:***@b-1.mq.amazonaws.com:5671/%2f"));
     }
 }

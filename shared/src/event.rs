@@ -221,13 +221,18 @@ fn derived_event_id(body: &[u8], timestamp_secs: Option<u64>) -> String {
     hash.update(timestamp_secs.unwrap_or(0).to_be_bytes());
     hash.update(body);
     let digest = hash.finalize();
-    let hex: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex: String = digest[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     format!("sha256-{hex}")
 }
 
 /// Seconds since the epoch as a float, the contract's `timestamp` format.
 pub fn epoch_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 #[cfg(test)]
@@ -309,7 +314,11 @@ mod tests {
     #[test]
     fn typing_expires_fast_and_the_rest_after_half_an_hour() {
         assert_eq!(EventType::Typing.ttl(), Duration::from_secs(10));
-        for kind in [EventType::Message, EventType::ReadReceipt, EventType::Notification] {
+        for kind in [
+            EventType::Message,
+            EventType::ReadReceipt,
+            EventType::Notification,
+        ] {
             assert_eq!(kind.ttl(), Duration::from_secs(1800));
         }
     }

@@ -42,7 +42,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { code, message: message.into() }
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -77,11 +80,17 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = json_response(self.status(), &json!({"error": self.code(), "message": message}));
+        let mut response = json_response(
+            self.status(),
+            &json!({"error": self.code(), "message": message}),
+        );
         let headers = response.headers_mut();
         match &self {
             ApiError::MethodNotAllowed { allow, .. } => {
-                headers.insert(header::ALLOW, HeaderValue::from_str(allow.as_str()).expect("a method is a valid header"));
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_str(allow.as_str()).expect("a method is a valid header"),
+                );
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -104,7 +113,9 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body
 }
 
 /// Answers `outcome`, turning an [`ApiError`] into its JSON error response.
-pub fn respond(outcome: Result<Response<Body>, ApiError>) -> Result<Response<Body>, lambda_http::Error> {
+pub fn respond(
+    outcome: Result<Response<Body>, ApiError>,
+) -> Result<Response<Body>, lambda_http::Error> {
     Ok(outcome.unwrap_or_else(ApiError::into_response))
 }
 
@@ -113,7 +124,10 @@ pub fn require_method(request: &Request, allowed: Method) -> Result<(), ApiError
     if request.method() == allowed {
         Ok(())
     } else {
-        Err(ApiError::MethodNotAllowed { method: request.method().clone(), allow: allowed })
+        Err(ApiError::MethodNotAllowed {
+            method: request.method().clone(),
+            allow: allowed,
+        })
     }
 }
 
@@ -136,7 +150,10 @@ pub fn poll_deadline(request: &Request, hold: Duration) -> Instant {
     let Some(deadline_ms) = request.lambda_context_ref().map(|context| context.deadline) else {
         return now + hold;
     };
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     let Some(left) = deadline_ms.checked_sub(now_ms).map(Duration::from_millis) else {
         return now + hold;
     };
@@ -163,7 +180,10 @@ mod tests {
     }
 
     fn epoch_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
     }
 
     #[test]
@@ -171,7 +191,10 @@ mod tests {
         let hold = Duration::from_millis(5500);
         let deadline = poll_deadline(&with_deadline(epoch_ms() + 3000), hold);
         let left = deadline - Instant::now();
-        assert!(left <= Duration::from_millis(2250) && left > Duration::from_millis(2000), "{left:?}");
+        assert!(
+            left <= Duration::from_millis(2250) && left > Duration::from_millis(2000),
+            "{left:?}"
+        );
     }
 
     #[test]
@@ -185,7 +208,11 @@ mod tests {
     fn past_absurd_or_missing_deadlines_are_ignored() {
         let hold = Duration::from_millis(5500);
         // `cargo lambda watch` sends 600000: a duration, read as a time long past.
-        for request in [with_deadline(600_000), with_deadline(epoch_ms() + 3_600_000), Request::default()] {
+        for request in [
+            with_deadline(600_000),
+            with_deadline(epoch_ms() + 3_600_000),
+            Request::default(),
+        ] {
             let left = poll_deadline(&request, hold) - Instant::now();
             assert!(left > Duration::from_millis(5400), "{left:?}");
         }
@@ -193,7 +220,11 @@ mod tests {
 
     #[test]
     fn errors_carry_their_status_and_headers() {
-        let response = ApiError::MethodNotAllowed { method: Method::POST, allow: Method::GET }.into_response();
+        let response = ApiError::MethodNotAllowed {
+            method: Method::POST,
+            allow: Method::GET,
+        }
+        .into_response();
         assert_eq!(response.status(), 405);
         assert_eq!(response.headers()[header::ALLOW], "GET");
         let response = ApiError::Unavailable(BrokerError::Timeout("connect")).into_response();

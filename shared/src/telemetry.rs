@@ -10,8 +10,12 @@ pub fn init() {
     let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .ok()
         .map(|level| EnvFilter::new(level.to_lowercase()))
-        .unwrap_or_else(|| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+        .unwrap_or_else(|| {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let result = if wants_json() {
         // Lambda stamps each line itself.
         builder.json().without_time().flatten_event(true).try_init()
@@ -29,5 +33,6 @@ fn wants_json() -> bool {
         "text" => return false,
         _ => {}
     }
-    setting("AWS_LAMBDA_LOG_FORMAT") == "json" || setting("AWS_EXECUTION_ENV").starts_with("aws_lambda")
+    setting("AWS_LAMBDA_LOG_FORMAT") == "json"
+        || setting("AWS_EXECUTION_ENV").starts_with("aws_lambda")
 }

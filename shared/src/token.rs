@@ -5,9 +5,7 @@
 //! `name`. It may come as `?token=`, `Authorization: Token <jwt>` or
 //! `Authorization: Bearer <jwt>`. Errors never contain the token.
 
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +14,9 @@ use crate::topology::{CollegeId, Subscriber, UserId};
 /// Why a request is not authenticated. Every variant answers 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no token: send `Authorization: Bearer <token>`, `Authorization: Token <token>` or `?token=`")]
+    #[error(
+        "no token: send `Authorization: Bearer <token>`, `Authorization: Token <token>` or `?token=`"
+    )]
     Missing,
     #[error("the Authorization header must be `Bearer <token>` or `Token <token>`")]
     BadScheme,
@@ -49,7 +49,10 @@ pub struct Identity {
 impl Identity {
     /// The queue this user polls and the routing keys that feed it.
     pub fn subscriber(&self) -> Subscriber {
-        Subscriber { user_id: self.user_id, college_id: self.college_id }
+        Subscriber {
+            user_id: self.user_id,
+            college_id: self.college_id,
+        }
     }
 }
 
@@ -94,22 +97,28 @@ impl TokenVerifier {
         validation.leeway = 0;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
-        Self { key: DecodingKey::from_secret(secret), validation }
+        Self {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
     }
 
     /// Checks signature, algorithm and expiry, and reads the claims.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|error| match error.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |error| match error.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     AuthError::Invalid("only HS256 is accepted")
                 }
-                ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("a required claim is missing"),
+                ErrorKind::MissingRequiredClaim(_) => {
+                    AuthError::Invalid("a required claim is missing")
+                }
                 ErrorKind::Json(_) => AuthError::Invalid("claims of the wrong type"),
                 _ => AuthError::Invalid("malformed token"),
-            })?;
+            },
+        )?;
         let claims = data.claims;
         let user_id = claims
             .sub
@@ -140,7 +149,9 @@ pub fn extract_token<'a>(
         }
         return Ok(token);
     }
-    query_token.filter(|token| !token.is_empty()).ok_or(AuthError::Missing)
+    query_token
+        .filter(|token| !token.is_empty())
+        .ok_or(AuthError::Missing)
 }
 
 /// Mints user tokens, for tests and local use (the CLI's `token`, the local server).
@@ -150,17 +161,33 @@ pub struct TokenIssuer {
 
 impl TokenIssuer {
     pub fn new(secret: &[u8]) -> Self {
-        Self { key: EncodingKey::from_secret(secret) }
+        Self {
+            key: EncodingKey::from_secret(secret),
+        }
     }
 
     /// A token for `user`, valid for `ttl`.
-    pub fn mint(&self, user: UserId, college: Option<CollegeId>, name: Option<&str>, ttl: Duration) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    pub fn mint(
+        &self,
+        user: UserId,
+        college: Option<CollegeId>,
+        name: Option<&str>,
+        ttl: Duration,
+    ) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         self.mint_expiring_at(user, college, name, (now + ttl).as_secs())
     }
 
     /// A token that expires at `exp` (epoch seconds); in the past makes an expired one.
-    pub fn mint_expiring_at(&self, user: UserId, college: Option<CollegeId>, name: Option<&str>, exp: u64) -> String {
+    pub fn mint_expiring_at(
+        &self,
+        user: UserId,
+        college: Option<CollegeId>,
+        name: Option<&str>,
+        exp: u64,
+    ) -> String {
         let claims = Claims {
             sub: user.0.to_string(),
             exp,
@@ -175,24 +202,40 @@ impl TokenIssuer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{encode, EncodingKey};
+    use jsonwebtoken::{EncodingKey, encode};
     use serde_json::json;
 
     const SECRET: &[u8] = b"test-secret";
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     fn sign(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     #[test]
     fn a_string_or_integer_sub_is_the_user() {
         let verifier = TokenVerifier::new(SECRET);
-        let text = sign(json!({"sub": "42", "exp": now() + 60, "college_id": 5, "name": "Ann"}), Algorithm::HS256, SECRET);
-        let number = sign(json!({"sub": 42, "exp": now() + 60}), Algorithm::HS256, SECRET);
+        let text = sign(
+            json!({"sub": "42", "exp": now() + 60, "college_id": 5, "name": "Ann"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let number = sign(
+            json!({"sub": 42, "exp": now() + 60}),
+            Algorithm::HS256,
+            SECRET,
+        );
         let identity = verifier.verify(&text).unwrap();
         assert_eq!(identity.user_id, UserId(42));
         assert_eq!(identity.college_id, Some(CollegeId(5)));
@@ -203,28 +246,64 @@ mod tests {
     #[test]
     fn bad_tokens_are_refused_with_a_reason() {
         let verifier = TokenVerifier::new(SECRET);
-        let expired = sign(json!({"sub": "1", "exp": now() - 1}), Algorithm::HS256, SECRET);
+        let expired = sign(
+            json!({"sub": "1", "exp": now() - 1}),
+            Algorithm::HS256,
+            SECRET,
+        );
         assert_eq!(verifier.verify(&expired), Err(AuthError::Expired));
-        let forged = sign(json!({"sub": "1", "exp": now() + 60}), Algorithm::HS256, b"other");
-        assert_eq!(verifier.verify(&forged).unwrap_err().code(), "invalid_token");
-        let other_alg = sign(json!({"sub": "1", "exp": now() + 60}), Algorithm::HS384, SECRET);
-        assert_eq!(verifier.verify(&other_alg), Err(AuthError::Invalid("only HS256 is accepted")));
+        let forged = sign(
+            json!({"sub": "1", "exp": now() + 60}),
+            Algorithm::HS256,
+            b"other",
+        );
+        assert_eq!(
+            verifier.verify(&forged).unwrap_err().code(),
+            "invalid_token"
+        );
+        let other_alg = sign(
+            json!({"sub": "1", "exp": now() + 60}),
+            Algorithm::HS384,
+            SECRET,
+        );
+        assert_eq!(
+            verifier.verify(&other_alg),
+            Err(AuthError::Invalid("only HS256 is accepted"))
+        );
         let no_exp = sign(json!({"sub": "1"}), Algorithm::HS256, SECRET);
-        assert_eq!(verifier.verify(&no_exp).unwrap_err().code(), "invalid_token");
+        assert_eq!(
+            verifier.verify(&no_exp).unwrap_err().code(),
+            "invalid_token"
+        );
         for sub in [json!("abc"), json!("0"), json!(-3)] {
-            let token = sign(json!({"sub": sub, "exp": now() + 60}), Algorithm::HS256, SECRET);
+            let token = sign(
+                json!({"sub": sub, "exp": now() + 60}),
+                Algorithm::HS256,
+                SECRET,
+            );
             assert_eq!(verifier.verify(&token).unwrap_err().code(), "invalid_token");
         }
         // `alg: none`, hand-made, since no library will sign one.
-        let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
-        assert_eq!(verifier.verify(unsigned).unwrap_err().code(), "invalid_token");
-        assert_eq!(verifier.verify("garbage").unwrap_err().code(), "invalid_token");
+        let unsigned =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert_eq!(
+            verifier.verify(unsigned).unwrap_err().code(),
+            "invalid_token"
+        );
+        assert_eq!(
+            verifier.verify("garbage").unwrap_err().code(),
+            "invalid_token"
+        );
     }
 
     #[test]
     fn errors_never_contain_the_token() {
         let verifier = TokenVerifier::new(SECRET);
-        let token = sign(json!({"sub": "1", "exp": now() + 60}), Algorithm::HS256, b"other");
+        let token = sign(
+            json!({"sub": "1", "exp": now() + 60}),
+            Algorithm::HS256,
+            b"other",
+        );
         let error = verifier.verify(&token).unwrap_err();
         assert!(!error.to_string().contains(&token));
     }
@@ -237,7 +316,10 @@ mod tests {
         assert_eq!(extract_token(None, Some("q")), Ok("q"));
         assert_eq!(extract_token(None, None), Err(AuthError::Missing));
         assert_eq!(extract_token(None, Some("")), Err(AuthError::Missing));
-        assert_eq!(extract_token(Some("Basic abc"), None), Err(AuthError::BadScheme));
+        assert_eq!(
+            extract_token(Some("Basic abc"), None),
+            Err(AuthError::BadScheme)
+        );
         assert_eq!(extract_token(Some("abc"), None), Err(AuthError::BadScheme));
     }
 
@@ -246,8 +328,14 @@ mod tests {
         let issuer = TokenIssuer::new(SECRET);
         let token = issuer.mint(UserId(9), Some(CollegeId(2)), None, Duration::from_secs(60));
         let identity = TokenVerifier::new(SECRET).verify(&token).unwrap();
-        assert_eq!((identity.user_id, identity.college_id), (UserId(9), Some(CollegeId(2))));
+        assert_eq!(
+            (identity.user_id, identity.college_id),
+            (UserId(9), Some(CollegeId(2)))
+        );
         let expired = issuer.mint_expiring_at(UserId(9), None, None, now() - 10);
-        assert_eq!(TokenVerifier::new(SECRET).verify(&expired), Err(AuthError::Expired));
+        assert_eq!(
+            TokenVerifier::new(SECRET).verify(&expired),
+            Err(AuthError::Expired)
+        );
     }
 }

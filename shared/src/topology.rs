@@ -86,10 +86,19 @@ pub fn presence_queue_name(user: UserId) -> String {
 pub fn user_queue_arguments() -> Vec<(&'static str, QueueArgument)> {
     vec![
         ("x-queue-type", QueueArgument::Text("classic")),
-        ("x-max-length", QueueArgument::Number(MAX_QUEUE_LENGTH as u64)),
+        (
+            "x-max-length",
+            QueueArgument::Number(MAX_QUEUE_LENGTH as u64),
+        ),
         ("x-overflow", QueueArgument::Text("drop-head")),
-        ("x-message-ttl", QueueArgument::Number(millis(QUEUE_MESSAGE_TTL))),
-        ("x-expires", QueueArgument::Number(millis(USER_QUEUE_EXPIRES))),
+        (
+            "x-message-ttl",
+            QueueArgument::Number(millis(QUEUE_MESSAGE_TTL)),
+        ),
+        (
+            "x-expires",
+            QueueArgument::Number(millis(USER_QUEUE_EXPIRES)),
+        ),
     ]
 }
 
@@ -119,11 +128,17 @@ mod tests {
 
     #[test]
     fn names_and_keys_follow_the_contract() {
-        let subscriber = Subscriber { user_id: UserId(42), college_id: Some(CollegeId(5)) };
+        let subscriber = Subscriber {
+            user_id: UserId(42),
+            college_id: Some(CollegeId(5)),
+        };
         assert_eq!(subscriber.queue_name(), "event_queue:user:42");
         assert_eq!(subscriber.routing_keys(), ["user.42", "college.5"]);
         assert_eq!(presence_queue_name(UserId(42)), "online_status:user:42");
-        let loner = Subscriber { user_id: UserId(7), college_id: None };
+        let loner = Subscriber {
+            user_id: UserId(7),
+            college_id: None,
+        };
         assert_eq!(loner.routing_keys(), ["user.7"]);
     }
 

@@ -3,7 +3,10 @@
 //! Deletes the user's presence queue at once instead of letting it lapse five minutes
 //! after the last poll (the browser calls this on page unload).
 
-use lambda_http::{Body, Error, Request, Response, http::{Method, StatusCode}};
+use lambda_http::{
+    Body, Error, Request, Response,
+    http::{Method, StatusCode},
+};
 use longpoll::{
     App,
     http::{ApiError, json_response, require_method, respond},
@@ -21,5 +24,8 @@ async fn disconnect(app: &App, request: &Request) -> Result<Response<Body>, ApiE
     let identity = app.authenticate(request)?;
     app.broker.mark_offline(identity.user_id).await?;
     info!(user_id = identity.user_id.0, "user disconnected");
-    Ok(json_response(StatusCode::OK, &json!({"status": "disconnected", "user_id": identity.user_id.0})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"status": "disconnected", "user_id": identity.user_id.0}),
+    ))
 }

@@ -4,7 +4,10 @@
 //! user's events: at once if some wait, as soon as one arrives, or an empty list when
 //! the hold (5.5 s, never past the Lambda deadline) runs out.
 
-use lambda_http::{Body, Error, Request, Response, http::{Method, StatusCode}};
+use lambda_http::{
+    Body, Error, Request, Response,
+    http::{Method, StatusCode},
+};
 use longpoll::{
     App,
     http::{ApiError, json_response, now_seconds, poll_deadline, require_method, respond},
@@ -25,12 +28,18 @@ async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> 
     let started = Instant::now();
     // Presence first: if the broker is down we answer 503 before taking any event.
     app.broker.mark_online(identity.user_id).await?;
-    let events = app.broker.wait_for_events(&identity.subscriber(), deadline).await?;
+    let events = app
+        .broker
+        .wait_for_events(&identity.subscriber(), deadline)
+        .await?;
     info!(
         user_id = identity.user_id.0,
         events = events.len(),
         waited_ms = started.elapsed().as_millis() as u64,
         "poll answered"
     );
-    Ok(json_response(StatusCode::OK, &json!({"events": events, "timestamp": now_seconds()})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"events": events, "timestamp": now_seconds()}),
+    ))
 }

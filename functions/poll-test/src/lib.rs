@@ -3,7 +3,10 @@
 //! Answers the guide's JSON without touching the broker or asking for a token, so it
 //! checks the HTTP path alone (API Gateway, the function, its runtime).
 
-use lambda_http::{Body, Error, Request, Response, http::{Method, StatusCode}};
+use lambda_http::{
+    Body, Error, Request, Response,
+    http::{Method, StatusCode},
+};
 use longpoll::http::{json_response, now_seconds, require_method, respond};
 use serde_json::json;
 

@@ -22,7 +22,9 @@ use tokio::{
 use super::{Broker, BrokerError, Publication, Receipt};
 use crate::{
     event::{Event, epoch_seconds},
-    topology::{MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES, UserId},
+    topology::{
+        MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES, UserId,
+    },
 };
 
 /// How often expired queues and presence entries are swept away, so memory stays
@@ -94,12 +96,19 @@ impl State {
     /// Drops expired queues (and their bindings) and lapsed presence, at most once per
     /// [`SWEEP_INTERVAL`].
     fn sweep(&mut self, now: Instant) {
-        if self.last_sweep.is_some_and(|last| now.duration_since(last) < SWEEP_INTERVAL) {
+        if self
+            .last_sweep
+            .is_some_and(|last| now.duration_since(last) < SWEEP_INTERVAL)
+        {
             return;
         }
         self.last_sweep = Some(now);
-        let expired: Vec<String> =
-            self.queues.iter().filter(|(_, queue)| queue.expired(now)).map(|(name, _)| name.clone()).collect();
+        let expired: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, queue)| queue.expired(now))
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in expired {
             self.delete_queue(&name);
         }
@@ -122,12 +131,23 @@ impl State {
     /// Declares the subscriber's queue (recreating it if it expired) and binds it.
     fn declare(&mut self, subscriber: &Subscriber, now: Instant) -> &mut Queue {
         let name = subscriber.queue_name();
-        if self.queues.get(&name).is_some_and(|queue| queue.expired(now)) {
+        if self
+            .queues
+            .get(&name)
+            .is_some_and(|queue| queue.expired(now))
+        {
             self.delete_queue(&name);
         }
         for key in subscriber.routing_keys() {
-            self.bindings.entry(key.clone()).or_default().insert(name.clone());
-            self.queues.entry(name.clone()).or_insert_with(|| Queue::new(now)).keys.insert(key);
+            self.bindings
+                .entry(key.clone())
+                .or_default()
+                .insert(name.clone());
+            self.queues
+                .entry(name.clone())
+                .or_insert_with(|| Queue::new(now))
+                .keys
+                .insert(key);
         }
         let queue = self.queues.get_mut(&name).expect("declared above");
         queue.last_used = now;
@@ -138,13 +158,18 @@ impl State {
 impl MemoryBroker {
     /// An empty broker whose presence entries last `presence_ttl`.
     pub fn new(presence_ttl: Duration) -> Self {
-        Self { presence_ttl, state: Mutex::new(State::default()) }
+        Self {
+            presence_ttl,
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a way
         // that matters more than refusing every later request would.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -180,26 +205,41 @@ impl Broker for MemoryBroker {
                 .unwrap_or_default();
             let mut routed = false;
             for name in bound {
-                let Some(queue) = state.queues.get_mut(&name).filter(|queue| !queue.expired(now)) else {
+                let Some(queue) = state
+                    .queues
+                    .get_mut(&name)
+                    .filter(|queue| !queue.expired(now))
+                else {
                     continue;
                 };
                 let timestamp = epoch_seconds(outgoing.published_at).trunc() as u64;
-                let event = Event::from_message(&outgoing.body, Some(&outgoing.id), Some(timestamp))
-                    .expect("an OutgoingEvent body is always an event");
+                let event =
+                    Event::from_message(&outgoing.body, Some(&outgoing.id), Some(timestamp))
+                        .expect("an OutgoingEvent body is always an event");
                 let ttl = outgoing.event_type.ttl().min(QUEUE_MESSAGE_TTL);
                 if queue.messages.len() >= MAX_QUEUE_LENGTH {
                     queue.messages.pop_front(); // x-overflow: drop-head
                 }
-                queue.messages.push_back(Stored { event, expires_at: now + ttl });
+                queue.messages.push_back(Stored {
+                    event,
+                    expires_at: now + ttl,
+                });
                 queue.arrivals.notify_waiters();
                 routed = true;
             }
-            receipts.push(Receipt { id: outgoing.id.clone(), routed });
+            receipts.push(Receipt {
+                id: outgoing.id.clone(),
+                routed,
+            });
         }
         Ok(receipts)
     }
 
-    async fn wait_for_events(&self, subscriber: &Subscriber, deadline: Instant) -> Result<Vec<Event>, BrokerError> {
+    async fn wait_for_events(
+        &self,
+        subscriber: &Subscriber,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError> {
         let arrivals = {
             let mut state = self.state();
             state.sweep(Instant::now());
@@ -207,7 +247,10 @@ impl Broker for MemoryBroker {
             queue.consumers += 1;
             queue.arrivals.clone()
         };
-        let _consumer = ConsumerGuard { broker: self, queue: subscriber.queue_name() };
+        let _consumer = ConsumerGuard {
+            broker: self,
+            queue: subscriber.queue_name(),
+        };
         loop {
             // Register for the wake-up before looking, so a publish between the look
             // and the wait is not missed.
@@ -216,7 +259,10 @@ impl Broker for MemoryBroker {
             arrival.as_mut().enable();
             let batch = {
                 let mut state = self.state();
-                let queue = state.queues.get_mut(&subscriber.queue_name()).expect("a queue with consumers never expires");
+                let queue = state
+                    .queues
+                    .get_mut(&subscriber.queue_name())
+                    .expect("a queue with consumers never expires");
                 queue.take_batch(Instant::now())
             };
             if !batch.is_empty() {
@@ -242,6 +288,9 @@ impl Broker for MemoryBroker {
     async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
         let now = Instant::now();
         let state = self.state();
-        Ok(users.iter().map(|user| state.presence.get(user).is_some_and(|lapses| *lapses > now)).collect())
+        Ok(users
+            .iter()
+            .map(|user| state.presence.get(user).is_some_and(|lapses| *lapses > now))
+            .collect())
     }
 }

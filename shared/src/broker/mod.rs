@@ -30,7 +30,10 @@ pub enum BrokerError {
     #[error("the broker did not answer {0} in time")]
     Timeout(&'static str),
     #[error("the broker failed during {operation}: {reason}")]
-    Failed { operation: &'static str, reason: String },
+    Failed {
+        operation: &'static str,
+        reason: String,
+    },
 }
 
 /// One event for one audience.

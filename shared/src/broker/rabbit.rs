@@ -21,12 +21,12 @@ use futures_lite::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     message::Delivery,
-    protocol::{AMQPErrorKind, AMQPSoftError},
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions,
         BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
         QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable},
 };
 use tokio::{
@@ -97,13 +97,19 @@ impl RabbitBroker {
 
     /// Connects now, for callers that prefer to fail at start-up.
     pub async fn connect(&self) -> Result<(), BrokerError> {
-        self.session(Instant::now() + self.op_timeout).await.map(drop)
+        self.session(Instant::now() + self.op_timeout)
+            .await
+            .map(drop)
     }
 
     /// Closes the connection (graceful shutdown); the next operation would reopen it.
     pub async fn close(&self) {
         if let Some(session) = self.session.lock().await.take() {
-            let _ = timeout_at(Instant::now() + self.op_timeout, session.connection.close(200, "shutdown".into())).await;
+            let _ = timeout_at(
+                Instant::now() + self.op_timeout,
+                session.connection.close(200, "shutdown".into()),
+            )
+            .await;
         }
     }
 
@@ -112,13 +118,13 @@ impl RabbitBroker {
         let mut current = timeout_at(deadline, self.session.lock())
             .await
             .map_err(|_| BrokerError::Timeout("connect"))?;
-        if let Some(session) = current.as_ref() {
-            if session.is_usable() {
-                return Ok(session.clone());
-            }
+        if let Some(session) = current.as_ref().filter(|session| session.is_usable()) {
+            return Ok(session.clone());
         }
         let deadline = deadline.min(Instant::now() + self.op_timeout);
-        let reusable = current.take().filter(|old| old.connection.status().connected());
+        let reusable = current
+            .take()
+            .filter(|old| old.connection.status().connected());
         let connection = match reusable {
             // Only the channel died (a channel error such as a refused declare).
             Some(old) => old.connection,
@@ -137,21 +143,31 @@ impl RabbitBroker {
             .await
             .map_err(|_| BrokerError::Timeout("channel set-up"))?
             .map_err(|error| failed("channel set-up", error))?;
-        let session = Session { connection, channel };
+        let session = Session {
+            connection,
+            channel,
+        };
         *current = Some(session.clone());
         Ok(session)
     }
 
     async fn open_channel(&self, connection: &Connection) -> lapin::Result<Channel> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         // Per consumer (global: false): one poll never holds more than a batch.
-        channel.basic_qos(MAX_BATCH as u16, BasicQosOptions { global: false }).await?;
+        channel
+            .basic_qos(MAX_BATCH as u16, BasicQosOptions { global: false })
+            .await?;
         channel
             .exchange_declare(
                 self.exchange.as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -167,14 +183,20 @@ impl RabbitBroker {
             let connection = broken.connection.clone();
             let op_timeout = self.op_timeout;
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(op_timeout, connection.close(320, "replaced".into())).await;
+                let _ = tokio::time::timeout(op_timeout, connection.close(320, "replaced".into()))
+                    .await;
             });
         }
     }
 
     /// Runs `operation` on the shared session, within one round-trip timeout and the
     /// caller's deadline; on failure replaces a broken session and tries once more.
-    async fn run<T, F, Fut>(&self, name: &'static str, deadline: Instant, operation: F) -> Result<T, BrokerError>
+    async fn run<T, F, Fut>(
+        &self,
+        name: &'static str,
+        deadline: Instant,
+        operation: F,
+    ) -> Result<T, BrokerError>
     where
         F: Fn(Session) -> Fut,
         Fut: Future<Output = lapin::Result<T>>,
@@ -188,8 +210,12 @@ impl RabbitBroker {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => failed(name, error),
                 Err(_) => {
-                    // No answer: the socket may be half-open (a frozen Lambda thawed).
-                    self.discard(&session).await;
+                    // No answer within a round-trip timeout: the socket may be half-open
+                    // (a frozen Lambda thawed). Running out of the caller's own time says
+                    // nothing about the connection, so that keeps it.
+                    if step_deadline < deadline {
+                        self.discard(&session).await;
+                    }
                     BrokerError::Timeout(name)
                 }
             };
@@ -212,7 +238,9 @@ impl RabbitBroker {
     ) -> lapin::Result<()> {
         let channel = &session.channel;
         if !consumer_ended {
-            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
+            channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await?;
             // Deliveries sent before cancel-ok are ours; the stream ends after them.
             while let Some(delivery) = consumer.next().await {
                 deliveries.push(delivery?);
@@ -220,7 +248,10 @@ impl RabbitBroker {
         }
         if !deliveries.is_empty() {
             while deliveries.len() < MAX_BATCH {
-                match channel.basic_get(queue.into(), BasicGetOptions::default()).await? {
+                match channel
+                    .basic_get(queue.into(), BasicGetOptions::default())
+                    .await?
+                {
                     Some(message) => deliveries.push(message.delivery),
                     None => break,
                 }
@@ -249,7 +280,10 @@ impl Broker for RabbitBroker {
                         .basic_publish(
                             self.exchange.as_str().into(),
                             publication.audience.routing_key().into(),
-                            BasicPublishOptions { mandatory: true, ..Default::default() },
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
                             &publication.event.body,
                             message_properties(publication),
                         )
@@ -282,7 +316,11 @@ impl Broker for RabbitBroker {
             .collect()
     }
 
-    async fn wait_for_events(&self, subscriber: &Subscriber, deadline: Instant) -> Result<Vec<Event>, BrokerError> {
+    async fn wait_for_events(
+        &self,
+        subscriber: &Subscriber,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError> {
         let queue = subscriber.queue_name();
         let routing_keys = subscriber.routing_keys();
         let (session, mut consumer) = self
@@ -296,7 +334,11 @@ impl Broker for RabbitBroker {
                     channel
                         .queue_declare(
                             queue.as_str().into(),
-                            QueueDeclareOptions { durable: true, nowait: true, ..Default::default() },
+                            QueueDeclareOptions {
+                                durable: true,
+                                nowait: true,
+                                ..Default::default()
+                            },
                             field_table(user_queue_arguments()),
                         )
                         .await?;
@@ -312,7 +354,12 @@ impl Broker for RabbitBroker {
                             .await?;
                     }
                     let consumer = channel
-                        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                        .basic_consume(
+                            queue.as_str().into(),
+                            "".into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
                         .await?;
                     Ok((session, consumer))
                 }
@@ -329,7 +376,13 @@ impl Broker for RabbitBroker {
             Ok(None) => consumer_ended = true,
             Err(_hold_over) => {}
         }
-        let cleanup = self.finish_wait(&session, &mut consumer, consumer_ended, &queue, &mut deliveries);
+        let cleanup = self.finish_wait(
+            &session,
+            &mut consumer,
+            consumer_ended,
+            &queue,
+            &mut deliveries,
+        );
         match timeout_at(Instant::now() + CLEANUP_BUDGET, cleanup).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(failed("poll", error)),
@@ -338,7 +391,10 @@ impl Broker for RabbitBroker {
                 return Err(BrokerError::Timeout("poll clean-up"));
             }
         }
-        Ok(deliveries.iter().filter_map(|delivery| decode(&queue, delivery)).collect())
+        Ok(deliveries
+            .iter()
+            .filter_map(|delivery| decode(&queue, delivery))
+            .collect())
     }
 
     async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
@@ -351,7 +407,11 @@ impl Broker for RabbitBroker {
                     .channel
                     .queue_declare(
                         queue.into(),
-                        QueueDeclareOptions { durable: true, auto_delete: true, ..Default::default() },
+                        QueueDeclareOptions {
+                            durable: true,
+                            auto_delete: true,
+                            ..Default::default()
+                        },
                         field_table(presence_queue_arguments(self.presence_ttl)),
                     )
                     .await
@@ -368,7 +428,11 @@ impl Broker for RabbitBroker {
             let queue = queue.clone();
             async move {
                 // Deleting a queue that does not exist is not an error in RabbitMQ.
-                session.channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.map(drop)
+                session
+                    .channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await
+                    .map(drop)
             }
         })
         .await
@@ -383,8 +447,18 @@ impl Broker for RabbitBroker {
             let mut channel = session.connection.create_channel().await?;
             let mut online = Vec::with_capacity(users.len());
             for user in users {
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                match channel.queue_declare(presence_queue_name(*user).into(), passive, FieldTable::default()).await {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                match channel
+                    .queue_declare(
+                        presence_queue_name(*user).into(),
+                        passive,
+                        FieldTable::default(),
+                    )
+                    .await
+                {
                     Ok(_) => online.push(true),
                     Err(error) if is_not_found(&error) => {
                         online.push(false);
@@ -445,5 +519,8 @@ fn is_not_found(error: &lapin::Error) -> bool {
 }
 
 fn failed(operation: &'static str, error: lapin::Error) -> BrokerError {
-    BrokerError::Failed { operation, reason: error.to_string() }
+    BrokerError::Failed {
+        operation,
+        reason: error.to_string(),
+    }
 }
