@@ -25,24 +25,42 @@ const SECRET: &str = "bench-secret";
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1).map(|arg| arg.parse::<usize>().expect("RUNS and SAMPLES are numbers"));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|arg| arg.parse::<usize>().expect("RUNS and SAMPLES are numbers"));
     let runs = args.next().unwrap_or(5);
     let samples = args.next().unwrap_or(200);
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+    let url =
+        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
     let mut config = Config::for_tests(&url, SECRET, "longpoll-bench");
     config.poll_timeout = Duration::from_secs(5);
     let memory = std::env::var("BROKER").is_ok_and(|broker| broker == "memory");
-    let broker: Arc<dyn Broker> =
-        if memory { Arc::new(MemoryBroker::new(config.presence_ttl)) } else { Arc::new(RabbitBroker::new(&config)) };
+    let broker: Arc<dyn Broker> = if memory {
+        Arc::new(MemoryBroker::new(config.presence_ttl))
+    } else {
+        Arc::new(RabbitBroker::new(&config))
+    };
     let app = App::new(config, broker.clone());
-    println!("broker: {}", if memory { "memory".to_owned() } else { longpoll::config::redact_url(&url) });
+    println!(
+        "broker: {}",
+        if memory {
+            "memory".to_owned()
+        } else {
+            longpoll::config::redact_url(&url)
+        }
+    );
     println!("{runs} runs x {samples} samples\n");
-    println!("{:<28} {:>9} {:>9} {:>9}", "run", "p50 ms", "p90 ms", "p99 ms");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9}",
+        "run", "p50 ms", "p90 ms", "p99 ms"
+    );
 
-    let (mut immediate_p50s, mut pushed_p50s, mut immediate_p99s, mut pushed_p99s) = (vec![], vec![], vec![], vec![]);
+    let (mut immediate_p50s, mut pushed_p50s, mut immediate_p99s, mut pushed_p99s) =
+        (vec![], vec![], vec![], vec![]);
     for run in 1..=runs {
         let user = UserId(uuid::Uuid::new_v4().as_u128() as u64 % 1_000_000_000_000 + 1);
-        let token = TokenIssuer::new(SECRET.as_bytes()).mint(user, None, None, Duration::from_secs(3600));
+        let token =
+            TokenIssuer::new(SECRET.as_bytes()).mint(user, None, None, Duration::from_secs(3600));
         // Declare the queue (and warm the connection) with one empty poll.
         poll(&app, &token, Some(Duration::from_millis(50))).await;
 
@@ -71,16 +89,36 @@ async fn main() {
             pushed.push(answered - started);
         }
         let (i, p) = (percentiles(&mut immediate), percentiles(&mut pushed));
-        println!("{:<28} {:>9.3} {:>9.3} {:>9.3}", format!("#{run} immediate return"), i.0, i.1, i.2);
-        println!("{:<28} {:>9.3} {:>9.3} {:>9.3}", format!("#{run} publish to response"), p.0, p.1, p.2);
+        println!(
+            "{:<28} {:>9.3} {:>9.3} {:>9.3}",
+            format!("#{run} immediate return"),
+            i.0,
+            i.1,
+            i.2
+        );
+        println!(
+            "{:<28} {:>9.3} {:>9.3} {:>9.3}",
+            format!("#{run} publish to response"),
+            p.0,
+            p.1,
+            p.2
+        );
         immediate_p50s.push(i.0);
         immediate_p99s.push(i.2);
         pushed_p50s.push(p.0);
         pushed_p99s.push(p.2);
     }
     println!("\nmedian of {runs} runs:");
-    println!("  immediate return     p50 {:.3} ms, p99 {:.3} ms", median(&mut immediate_p50s), median(&mut immediate_p99s));
-    println!("  publish to response  p50 {:.3} ms, p99 {:.3} ms", median(&mut pushed_p50s), median(&mut pushed_p99s));
+    println!(
+        "  immediate return     p50 {:.3} ms, p99 {:.3} ms",
+        median(&mut immediate_p50s),
+        median(&mut immediate_p99s)
+    );
+    println!(
+        "  publish to response  p50 {:.3} ms, p99 {:.3} ms",
+        median(&mut pushed_p50s),
+        median(&mut pushed_p99s)
+    );
 }
 
 /// One poll through the handler; returns how many events it answered.
@@ -107,13 +145,20 @@ async fn publish(broker: &dyn Broker, user: UserId, n: usize) {
         is_typing: true,
         extra: Default::default(),
     });
-    broker.publish(&[Publication { audience: Audience::User(user), event: body.prepare() }]).await.unwrap();
+    broker
+        .publish(&[Publication {
+            audience: Audience::User(user),
+            event: body.prepare(),
+        }])
+        .await
+        .unwrap();
 }
 
 /// (p50, p90, p99) in milliseconds.
 fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    let at =
+        |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
     (at(0.5), at(0.9), at(0.99))
 }
 
