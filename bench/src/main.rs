@@ -40,7 +40,7 @@ async fn main() {
     } else {
         Arc::new(RabbitBroker::new(&config))
     };
-    let app = App::new(config, broker.clone());
+    let app = App::new(config, broker.clone()).expect("a JWT secret is set");
     println!(
         "broker: {}",
         if memory {

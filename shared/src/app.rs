@@ -21,13 +21,14 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, broker: Arc<dyn Broker>) -> Self {
-        let tokens = TokenVerifier::new(&config.jwt_secret);
-        Self {
+    /// Fails when `JWT_SECRET` is missing: every user-facing function needs it.
+    pub fn new(config: Config, broker: Arc<dyn Broker>) -> Result<Self, ConfigError> {
+        let tokens = TokenVerifier::new(config.require_jwt_secret()?);
+        Ok(Self {
             config,
             tokens,
             broker,
-        }
+        })
     }
 
     /// The Lambda set-up: configuration from the environment and RabbitMQ, connected
@@ -36,7 +37,7 @@ impl App {
     pub fn from_env(function: &str) -> Result<Self, ConfigError> {
         let config = Config::from_env(function)?;
         let broker = Arc::new(RabbitBroker::new(&config));
-        Ok(Self::new(config, broker))
+        Self::new(config, broker)
     }
 
     /// The caller, from the token in the `Authorization` header or `?token=`.

@@ -28,8 +28,9 @@ pub enum ConfigError {
 pub struct Config {
     /// Broker URL (`amqp://` or `amqps://`); holds a password, so never printed whole.
     pub amqp_url: String,
-    /// Shared secret for HS256 user tokens.
-    pub jwt_secret: Vec<u8>,
+    /// Shared secret for HS256 user tokens; required by the functions that take a user
+    /// token (see [`Config::require_jwt_secret`]).
+    pub jwt_secret: Option<Vec<u8>>,
     /// Topic exchange events are published to and user queues are bound to.
     pub exchange: String,
     /// The hold of a poll that finds nothing (`POLL_TIMEOUT_MS`).
@@ -38,6 +39,11 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// Bound on connecting and on each broker round trip (`AMQP_TIMEOUT_MS`).
     pub amqp_timeout: Duration,
+    /// The key producers send as `X-Api-Key` to the publish endpoint (`PUBLISH_API_KEY`).
+    pub publish_api_key: Option<String>,
+    /// `PUBLISH_TRUST_IAM=true`: API Gateway authorises the publish route with IAM
+    /// (`AWS_IAM`), so the function accepts requests that carry an IAM caller.
+    pub publish_trust_iam: bool,
     /// The name this process's AMQP connection shows in the management UI and
     /// `rabbitmqctl list_connections`, so an operator can tell functions apart.
     pub connection_name: String,
@@ -57,7 +63,6 @@ impl Config {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let jwt_secret = get("JWT_SECRET").ok_or(ConfigError::Missing("JWT_SECRET"))?;
         let millis = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             match get(var) {
                 None => Ok(default),
@@ -79,11 +84,22 @@ impl Config {
         }
         Ok(Self {
             amqp_url,
-            jwt_secret: jwt_secret.into_bytes(),
+            jwt_secret: get("JWT_SECRET").map(String::into_bytes),
             exchange: get("EVENTS_EXCHANGE").unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned()),
             poll_timeout: millis("POLL_TIMEOUT_MS", DEFAULT_POLL_TIMEOUT)?,
             presence_ttl: millis("PRESENCE_TTL_MS", DEFAULT_PRESENCE_TTL)?,
             amqp_timeout: millis("AMQP_TIMEOUT_MS", DEFAULT_AMQP_TIMEOUT)?,
+            publish_api_key: get("PUBLISH_API_KEY"),
+            publish_trust_iam: match get("PUBLISH_TRUST_IAM").as_deref().map(str::trim) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "PUBLISH_TRUST_IAM",
+                        reason: format!("expected true or false, got {other:?}"),
+                    });
+                }
+            },
             connection_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| function.to_owned()),
         })
     }
@@ -93,13 +109,22 @@ impl Config {
     pub fn for_tests(amqp_url: &str, jwt_secret: &str, connection_name: &str) -> Self {
         Self {
             amqp_url: amqp_url.to_owned(),
-            jwt_secret: jwt_secret.as_bytes().to_vec(),
+            jwt_secret: Some(jwt_secret.as_bytes().to_vec()),
             exchange: DEFAULT_EXCHANGE.to_owned(),
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             presence_ttl: DEFAULT_PRESENCE_TTL,
             amqp_timeout: DEFAULT_AMQP_TIMEOUT,
+            publish_api_key: None,
+            publish_trust_iam: false,
             connection_name: connection_name.to_owned(),
         }
+    }
+
+    /// The token secret, for the functions that verify user tokens.
+    pub fn require_jwt_secret(&self) -> Result<&[u8], ConfigError> {
+        self.jwt_secret
+            .as_deref()
+            .ok_or(ConfigError::Missing("JWT_SECRET"))
     }
 
     /// The broker URL with any password replaced, fit for logs and error messages.
@@ -117,6 +142,11 @@ impl fmt::Debug for Config {
             .field("poll_timeout", &self.poll_timeout)
             .field("presence_ttl", &self.presence_ttl)
             .field("amqp_timeout", &self.amqp_timeout)
+            .field(
+                "publish_api_key",
+                &self.publish_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("publish_trust_iam", &self.publish_trust_iam)
             .field("connection_name", &self.connection_name)
             .finish()
     }
@@ -161,9 +191,27 @@ mod tests {
 
     #[test]
     fn a_missing_secret_names_the_variable() {
-        let error = config(&[]).unwrap_err();
+        let config = config(&[]).unwrap();
+        let error = config.require_jwt_secret().unwrap_err();
         assert_eq!(error, ConfigError::Missing("JWT_SECRET"));
         assert!(error.to_string().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn publish_settings_are_read() {
+        let config = config(&[("PUBLISH_API_KEY", "k"), ("PUBLISH_TRUST_IAM", "true")]).unwrap();
+        assert_eq!(config.publish_api_key.as_deref(), Some("k"));
+        assert!(config.publish_trust_iam);
+        let error = config_error(&[("PUBLISH_TRUST_IAM", "yes")]);
+        assert!(
+            error
+                .to_string()
+                .starts_with("PUBLISH_TRUST_IAM is invalid")
+        );
+    }
+
+    fn config_error(vars: &[(&str, &str)]) -> ConfigError {
+        config(vars).unwrap_err()
     }
 
     #[test]

@@ -34,8 +34,10 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("{method} is not allowed here; use {allow}")]
     MethodNotAllowed { method: Method, allow: Method },
-    #[error("the request body is larger than {limit} bytes")]
-    PayloadTooLarge { limit: usize },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("too large: {what}")]
+    PayloadTooLarge { what: String },
     #[error(transparent)]
     Unavailable(#[from] BrokerError),
 }
@@ -52,6 +54,8 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            // A service credential (publish key, IAM) that is missing or wrong.
+            ApiError::Forbidden { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -62,7 +66,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(auth) => auth.code(),
-            ApiError::BadRequest { code, .. } => code,
+            ApiError::BadRequest { code, .. } | ApiError::Forbidden { code, .. } => code,
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Unavailable(_) => "broker_unavailable",

@@ -22,6 +22,8 @@
 //! - [`http`]: what every handler needs around the broker: JSON responses, the error to
 //!   status mapping, method checks, the query string, and the hold allowed by the Lambda
 //!   deadline.
+//! - [`publish`]: the publish endpoint's rules: its caller check (API key or IAM) and the
+//!   request body (one event or a batch, each validated, errors naming the field).
 //! - [`app`]: [`app::App`], the dependencies a handler receives (config, token verifier,
 //!   broker), built once per process.
 //! - [`telemetry`]: `tracing` set-up: JSON on AWS Lambda, readable text locally.
@@ -31,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod publish;
 pub mod telemetry;
 pub mod token;
 pub mod topology;

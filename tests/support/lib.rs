@@ -146,11 +146,21 @@ pub fn token(user: UserId, college: Option<CollegeId>) -> String {
     )
 }
 
+/// The publish key the tests configure.
+pub const PUBLISH_KEY: &str = "integration-test-publish-key";
+
+/// A publish handler on `broker` that accepts [`PUBLISH_KEY`].
+pub fn publisher(config: &Config, broker: Arc<dyn Broker>) -> publish_event::Publisher {
+    let mut config = config.clone();
+    config.publish_api_key = Some(PUBLISH_KEY.to_owned());
+    publish_event::Publisher::new(&config, broker).expect("a publish key is set")
+}
+
 /// An app on `broker` whose polls hold for `hold`.
 pub fn app(config: Config, broker: Arc<dyn Broker>, hold: Duration) -> App {
     let mut config = config;
     config.poll_timeout = hold;
-    App::new(config, broker)
+    App::new(config, broker).expect("the test config has a JWT secret")
 }
 
 /// A request to a handler, built from a real API Gateway HTTP API (payload 2.0) event in
@@ -181,6 +191,16 @@ impl Fixture {
     /// Sets the raw query string, e.g. `token=<jwt>`.
     pub fn query(mut self, query: &str) -> Self {
         self.event["rawQueryString"] = Value::from(query);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.event["headers"][name] = Value::from(value);
+        self
+    }
+
+    pub fn body(mut self, body: &str) -> Self {
+        self.event["body"] = Value::from(body);
         self
     }
 

@@ -4,14 +4,17 @@
 //! - [`MemoryBroker`] keeps the same queues in process, with the same rules, for the
 //!   zero-setup local run and fast handler tests.
 //!
+//! [`check`] is the operator's probe of a broker (`longpoll check-rabbitmq`).
+//!
 //! Both pass one conformance suite (`tests/conformance.rs`), so a handler cannot tell
 //! them apart except by speed.
 
+pub mod check;
 mod memory;
 mod rabbit;
 
 pub use memory::MemoryBroker;
-pub use rabbit::RabbitBroker;
+pub use rabbit::{RabbitBroker, Tail};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -43,8 +46,8 @@ pub struct Publication {
     pub event: OutgoingEvent,
 }
 
-/// What became of a published event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What became of a published event; serializes as the publish endpoint's reply item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Receipt {
     pub id: String,
     /// False when no queue took the event: nobody of that audience is polling.

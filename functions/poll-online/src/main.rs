@@ -1,0 +1,8 @@
+use lambda_http::{Error, run, service_fn};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    longpoll::telemetry::init();
+    let app = longpoll::App::from_env("poll-online")?;
+    run(service_fn(|request| poll_online::handle(&app, request))).await
+}

@@ -1,0 +1,65 @@
+//! `POST /api/v1/communication/events/` — backends publish events.
+//!
+//! One event or a batch of up to 100, each for one user or one college, validated
+//! whole before anything is published; each is published persistent, mandatory and
+//! confirmed, and the reply says per event whether any queue took it (`routed`: false
+//! means nobody of that audience is polling, so the caller may fall back to e-mail or
+//! push). Callers are backends: authorised by IAM on AWS, by `X-Api-Key` elsewhere.
+
+use std::sync::Arc;
+
+use lambda_http::{
+    Body, Error, Request, Response,
+    http::{Method, StatusCode},
+};
+use longpoll::{
+    Broker, Config, RabbitBroker,
+    config::ConfigError,
+    http::{ApiError, json_response, require_method, respond},
+    publish::{PublishAuth, parse_publish_body},
+};
+use serde_json::json;
+use tracing::info;
+
+/// What the publish handler needs: the caller check and the broker.
+pub struct Publisher {
+    pub auth: PublishAuth,
+    pub broker: Arc<dyn Broker>,
+}
+
+impl Publisher {
+    /// Fails unless the endpoint can authorise callers (it never runs open).
+    pub fn new(config: &Config, broker: Arc<dyn Broker>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            auth: PublishAuth::from_config(config)?,
+            broker,
+        })
+    }
+
+    /// The Lambda set-up: configuration from the environment, RabbitMQ connected lazily.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let config = Config::from_env("publish-event")?;
+        Self::new(&config, Arc::new(RabbitBroker::new(&config)))
+    }
+}
+
+/// The Lambda handler; also mounted by the local server.
+pub async fn handle(publisher: &Publisher, request: Request) -> Result<Response<Body>, Error> {
+    respond(publish(publisher, &request).await)
+}
+
+async fn publish(publisher: &Publisher, request: &Request) -> Result<Response<Body>, ApiError> {
+    require_method(request, Method::POST)?;
+    publisher.auth.check(request)?;
+    let batch = parse_publish_body(request.body().as_ref())?;
+    let receipts = publisher.broker.publish(&batch).await?;
+    info!(
+        events = receipts.len(),
+        routed = receipts.iter().filter(|receipt| receipt.routed).count(),
+        "published"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "published": receipts }),
+    ))
+}
