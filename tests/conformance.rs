@@ -246,7 +246,7 @@ async fn reports_unrouted_events(make: MakeBroker) {
 /// once the TTL lapses without a poll.
 async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
     let mut config = config(&unique_name("conformance"));
-    config.presence_ttl = Duration::from_millis(1000);
+    config.presence_ttl = Duration::from_millis(2000);
     let broker = make(&config);
     let (alice, bob) = (unique_user(), unique_user());
     assert_eq!(
@@ -265,7 +265,7 @@ async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
         .mark_offline(alice)
         .await
         .expect("disconnecting twice is fine");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(
         broker.is_online(&[bob]).await.unwrap(),
         [false],

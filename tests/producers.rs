@@ -241,7 +241,7 @@ async fn trusts_iam_callers_only(make: MakeBroker) {
 /// after the presence TTL; junk and missing tokens refused.
 async fn looks_up_presence(make: MakeBroker) {
     let mut config = config(&unique_name("producers"));
-    config.presence_ttl = Duration::from_millis(1500);
+    config.presence_ttl = Duration::from_millis(3000);
     let broker = make(&config);
     let app = app(config, broker.clone(), Duration::from_millis(200));
     let (alice, bob, carol) = (unique_user(), unique_user(), unique_user());
@@ -291,7 +291,7 @@ async fn looks_up_presence(make: MakeBroker) {
         json!({alice.to_string(): false, bob.to_string(): true})
     );
 
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     let body = json_of(&lookup(format!("user_ids={bob}")).await.unwrap());
     assert_eq!(
         body["online"],
