@@ -24,6 +24,8 @@
 //!   deadline.
 //! - [`publish`]: the publish endpoint's rules: its caller check (API key or IAM) and the
 //!   request body (one event or a batch, each validated, errors naming the field).
+//! - [`routes`]: the route table (method, path, function) that the local server, the
+//!   `cargo lambda watch` router and the SAM template all follow.
 //! - [`app`]: [`app::App`], the dependencies a handler receives (config, token verifier,
 //!   broker), built once per process.
 //! - [`telemetry`]: `tracing` set-up: JSON on AWS Lambda, readable text locally.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod publish;
+pub mod routes;
 pub mod telemetry;
 pub mod token;
 pub mod topology;

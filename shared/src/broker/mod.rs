@@ -80,4 +80,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether each user is online (polled within the presence TTL, not disconnected
     /// since), in the order given.
     async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError>;
+
+    /// Releases the broker connection (graceful shutdown of a long-running server).
+    async fn close(&self) {}
 }

@@ -485,6 +485,16 @@ impl Broker for RabbitBroker {
         .await
     }
 
+    async fn close(&self) {
+        if let Some(session) = self.session.lock().await.take() {
+            let _ = timeout_at(
+                Instant::now() + self.op_timeout,
+                session.connection.close(200, "shutdown".into()),
+            )
+            .await;
+        }
+    }
+
     async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
         let deadline = Instant::now() + self.op_timeout;
         self.run("presence lookup", deadline, |session| async move {

@@ -1,0 +1,198 @@
+//! The local server: every function's handler — the very code the Lambda binaries run —
+//! mounted on its real route, in one process.
+//!
+//! - [`Functions`]: the handlers' dependencies, on the in-memory broker by default or on
+//!   RabbitMQ when `AMQP_URL` is set.
+//! - [`router`]: the route table ([`longpoll::routes::ROUTES`]) as an axum router, with
+//!   CORS for front ends on other local ports.
+//! - [`serve`]: runs the router until `shutdown` resolves; held polls answer before it
+//!   returns (their hold ends), new connections are refused meanwhile.
+//!
+//! Each request becomes a `lambda_http::Request` (method, URI, headers, body), exactly
+//! what the handler sees under API Gateway bar the Lambda context, so the poll holds for
+//! `POLL_TIMEOUT_MS`.
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    body::{Body as AxumBody, to_bytes},
+    extract::{Request as AxumRequest, State},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    response::Response as AxumResponse,
+    routing::any,
+};
+use lambda_http::{Body, Request, Response};
+use longpoll::{
+    App, Broker, Config, MemoryBroker, RabbitBroker,
+    config::ConfigError,
+    http::{ApiError, json_response},
+    publish::MAX_BODY_BYTES,
+    routes::{ROUTES, Route},
+};
+use publish_event::Publisher;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// The JWT secret when `JWT_SECRET` is not set: for local development only, printed at
+/// start-up so tokens can be minted for it.
+pub const DEV_JWT_SECRET: &str = "longpoll-local-dev-secret";
+/// The publish key when `PUBLISH_API_KEY` is not set (local development only).
+pub const DEV_PUBLISH_KEY: &str = "local-publish-key";
+
+/// Which broker the server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Memory,
+    RabbitMq,
+}
+
+/// The handlers' dependencies, shared by every request.
+pub struct Functions {
+    pub app: App,
+    pub publisher: Publisher,
+    pub kind: BrokerKind,
+}
+
+impl Functions {
+    /// Builds the functions on `kind`, filling in development secrets where the
+    /// configuration has none.
+    pub fn new(mut config: Config, kind: BrokerKind) -> Result<Self, ConfigError> {
+        if config.jwt_secret.is_none() {
+            config.jwt_secret = Some(DEV_JWT_SECRET.as_bytes().to_vec());
+        }
+        if config.publish_api_key.is_none() && !config.publish_trust_iam {
+            config.publish_api_key = Some(DEV_PUBLISH_KEY.to_owned());
+        }
+        let broker: Arc<dyn Broker> = match kind {
+            BrokerKind::Memory => Arc::new(MemoryBroker::new(config.presence_ttl)),
+            BrokerKind::RabbitMq => Arc::new(RabbitBroker::new(&config)),
+        };
+        let publisher = Publisher::new(&config, broker.clone())?;
+        let app = App::new(config, broker)?;
+        Ok(Self {
+            app,
+            publisher,
+            kind,
+        })
+    }
+
+    /// Runs the handler of `function`.
+    async fn invoke(
+        &self,
+        function: &str,
+        request: Request,
+    ) -> Result<Response<Body>, lambda_http::Error> {
+        match function {
+            "poll-events" => poll_events::handle(&self.app, request).await,
+            "poll-test" => poll_test::handle(request).await,
+            "poll-disconnect" => poll_disconnect::handle(&self.app, request).await,
+            "publish-event" => publish_event::handle(&self.publisher, request).await,
+            "poll-online" => poll_online::handle(&self.app, request).await,
+            other => Err(format!("no handler for function {other}").into()),
+        }
+    }
+}
+
+/// Every route of the table, each to its function for every method (the function
+/// answers a wrong one with 405), CORS around them, JSON 404 elsewhere.
+pub fn router(functions: Arc<Functions>, cors: CorsLayer) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(
+            route.path,
+            any(move |State(functions), request| invoke(functions, route, request)),
+        );
+    }
+    router
+        .fallback(|request: AxumRequest| async move {
+            let body = json!({"error": "not_found", "message": format!("no route for {}", request.uri().path())});
+            to_axum(json_response(StatusCode::NOT_FOUND, &body))
+        })
+        .layer(cors)
+        .with_state(functions)
+}
+
+/// CORS for `origins` (`*` for any): the methods, headers and exposed headers the
+/// browser client needs.
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets held polls answer,
+/// then closes the broker connection.
+pub async fn serve(
+    listener: TcpListener,
+    functions: Arc<Functions>,
+    cors: CorsLayer,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(functions.clone(), cors);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    functions.app.broker.close().await;
+    Ok(())
+}
+
+async fn invoke(functions: Arc<Functions>, route: Route, request: AxumRequest) -> AxumResponse {
+    let (parts, body) = request.into_parts();
+    // Read one byte past the publish limit, so the handler still sees (and refuses)
+    // an oversized body.
+    let bytes = match to_bytes(body, MAX_BODY_BYTES + 1).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let too_large = ApiError::PayloadTooLarge {
+                what: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            };
+            return to_axum(too_large.into_response());
+        }
+    };
+    let body = if bytes.is_empty() {
+        Body::Empty
+    } else {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => Body::Text(text),
+            Err(binary) => Body::Binary(binary.into_bytes()),
+        }
+    };
+    match functions
+        .invoke(route.function, Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => to_axum(response),
+        Err(error) => {
+            tracing::error!(function = route.function, %error, "handler failed");
+            let body = json!({"error": "internal_error", "message": "the function failed; see the server log"});
+            to_axum(json_response(StatusCode::INTERNAL_SERVER_ERROR, &body))
+        }
+    }
+}
+
+fn to_axum(response: Response<Body>) -> AxumResponse {
+    response.map(|body| match body {
+        Body::Empty => AxumBody::empty(),
+        Body::Text(text) => AxumBody::from(text),
+        Body::Binary(bytes) => AxumBody::from(bytes),
+        _ => AxumBody::empty(),
+    })
+}

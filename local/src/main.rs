@@ -1,0 +1,109 @@
+//! `cargo run -p longpoll-local`: every endpoint on its real path on 127.0.0.1:9000.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use clap::Parser;
+use longpoll::{
+    Config,
+    token::TokenIssuer,
+    topology::{CollegeId, UserId},
+};
+use longpoll_local::{BrokerKind, DEV_JWT_SECRET, Functions, cors, serve};
+
+/// Every long-polling endpoint on its real path, in one process: in-memory events by
+/// default, RabbitMQ when AMQP_URL is set.
+#[derive(Parser)]
+#[command(name = "longpoll-local", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:9000")]
+    addr: SocketAddr,
+    /// Origins allowed to call the API from a browser, comma-separated; `*` for any.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    longpoll::telemetry::init();
+    let args = Args::parse();
+    let config = Config::from_env("longpoll-local")?;
+    let kind = if std::env::var("AMQP_URL").is_ok_and(|url| !url.is_empty()) {
+        BrokerKind::RabbitMq
+    } else {
+        BrokerKind::Memory
+    };
+    let using_dev_secret = config.jwt_secret.is_none();
+    let functions = Arc::new(Functions::new(config, kind)?);
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+
+    print_banner(&functions, &base, using_dev_secret).await;
+    serve(
+        listener,
+        functions,
+        cors(&args.cors_origins),
+        shutdown_signal(),
+    )
+    .await?;
+    println!("stopped");
+    Ok(())
+}
+
+async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool) {
+    let config = &functions.app.config;
+    println!("longpoll-local listening on {base}");
+    match functions.kind {
+        BrokerKind::Memory => println!("broker: in memory (set AMQP_URL to use RabbitMQ)"),
+        BrokerKind::RabbitMq => {
+            let url = config.redacted_amqp_url();
+            match functions.app.broker.is_online(&[]).await {
+                Ok(_) => println!("broker: RabbitMQ at {url}"),
+                Err(error) => println!(
+                    "broker: RabbitMQ at {url} — not reachable yet ({error}); requests answer 503 until it is"
+                ),
+            }
+        }
+    }
+    if using_dev_secret {
+        println!(
+            "JWT_SECRET is not set: tokens are signed with the development secret {DEV_JWT_SECRET:?}"
+        );
+    }
+    let issuer = TokenIssuer::new(config.require_jwt_secret().expect("set by Functions::new"));
+    let day = Duration::from_secs(24 * 3600);
+    let alice = issuer.mint(UserId(1), Some(CollegeId(1)), Some("Alice"), day);
+    let bob = issuer.mint(UserId(2), Some(CollegeId(1)), Some("Bob"), day);
+    let key = config.publish_api_key.as_deref().unwrap_or("(IAM)");
+    println!();
+    println!("user 1 (Alice, college 1) token: {alice}");
+    println!("user 2 (Bob, college 1) token:   {bob}");
+    println!("publish key (X-Api-Key):          {key}");
+    println!();
+    println!("Try it. In one terminal, poll as Alice (it waits up to 5.5 s):");
+    println!(
+        "  curl -s '{base}/api/v1/communication/poll/events/' -H 'Authorization: Bearer {alice}'"
+    );
+    println!("In another, publish her a message; the first one answers at once:");
+    println!(
+        "  curl -s -X POST '{base}/api/v1/communication/events/' -H 'X-Api-Key: {key}' -H 'Content-Type: application/json' \\\n    -d '{{\"user_id\": 1, \"event\": \"message\", \"data\": {{\"id\": 1, \"sender_id\": 2, \"sender_name\": \"Bob\", \"message\": \"Hello!\"}}}}'"
+    );
+    println!();
+}
+
+/// Ctrl-C or SIGTERM. Held polls then answer within their hold (5.5 s at most); a
+/// second signal quits at once.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+    println!("shutting down: held polls answer within their hold (signal again to quit now)");
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}

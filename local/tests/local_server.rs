@@ -1,0 +1,194 @@
+//! The one-command local server: the end-to-end scenario over HTTP on the memory broker
+//! and on RabbitMQ, CORS, the binary's start-up banner and its graceful shutdown.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use longpoll_local::{BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, serve};
+use longpoll_tests::{
+    config,
+    scenario::{self, Target},
+    unique_name,
+};
+
+/// Starts the server in process on a free port; returns its base URL.
+async fn start(kind: BrokerKind) -> String {
+    let mut config = config(&unique_name("local"));
+    config.jwt_secret = None; // as a fresh clone runs it: the development secret
+    let functions = Arc::new(Functions::new(config, kind).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(
+        listener,
+        functions,
+        cors(&["*".to_owned()]),
+        std::future::pending(),
+    ));
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_passes_on_the_memory_broker() {
+    let base = start(BrokerKind::Memory).await;
+    scenario::run(&Target {
+        base: &base,
+        jwt_secret: DEV_JWT_SECRET,
+        publish_key: DEV_PUBLISH_KEY,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_passes_on_rabbitmq() {
+    let base = start(BrokerKind::RabbitMq).await;
+    scenario::run(&Target {
+        base: &base,
+        jwt_secret: DEV_JWT_SECRET,
+        publish_key: DEV_PUBLISH_KEY,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn browsers_on_other_origins_may_poll() {
+    let base = start(BrokerKind::Memory).await;
+    let client = reqwest::Client::new();
+    let preflight = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/api/v1/communication/poll/events/"),
+        )
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert!(
+        preflight.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let missing = client.get(format!("{base}/nowhere")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<serde_json::Value>().await.unwrap()["error"],
+        "not_found"
+    );
+}
+
+#[test]
+fn origins_can_be_restricted() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let functions = Arc::new(Functions::new(config("cors"), BrokerKind::Memory).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(
+            listener,
+            functions,
+            cors(&["http://app.local:3000".to_owned()]),
+            std::future::pending(),
+        ));
+        let client = reqwest::Client::new();
+        let url = format!("{base}/api/v1/communication/poll/test/");
+        let allowed = client
+            .get(&url)
+            .header("origin", "http://app.local:3000")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            allowed.headers()["access-control-allow-origin"],
+            "http://app.local:3000"
+        );
+        let other = client
+            .get(&url)
+            .header("origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert!(other.headers().get("access-control-allow-origin").is_none());
+    });
+}
+
+/// The binary as the README runs it: the banner names the broker and prints a working
+/// token and curl pair; SIGTERM lets a held poll answer, then the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_what_to_do_and_shuts_down_cleanly() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_longpoll-local"))
+        .args(["--addr", "127.0.0.1:0"])
+        .env_remove("AMQP_URL")
+        .env_remove("JWT_SECRET")
+        .env("POLL_TIMEOUT_MS", "3000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("the first one answers at once");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let banner = banner.join("\n");
+    assert!(banner.contains("broker: in memory"), "{banner}");
+    let base = banner
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = banner
+        .lines()
+        .find(|line| line.starts_with("user 1 "))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(banner.contains(&format!(
+        "curl -s '{base}/api/v1/communication/poll/events/' -H 'Authorization: Bearer {token}'"
+    )));
+
+    let client = reqwest::Client::new();
+    let held = {
+        let (client, url, token) = (
+            client.clone(),
+            format!("{base}/api/v1/communication/poll/events/"),
+            token.clone(),
+        );
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let response = held.await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the held poll answered during shutdown"
+    );
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["events"],
+        serde_json::json!([])
+    );
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
+    assert!(rest.iter().any(|line| line == "stopped"), "{rest:?}");
+}
