@@ -35,11 +35,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-/// The JWT secret when `JWT_SECRET` is not set: for local development only, printed at
-/// start-up so tokens can be minted for it.
-pub const DEV_JWT_SECRET: &str = "longpoll-local-dev-secret";
-/// The publish key when `PUBLISH_API_KEY` is not set (local development only).
-pub const DEV_PUBLISH_KEY: &str = "local-publish-key";
+pub use longpoll::config::{DEV_JWT_SECRET, DEV_PUBLISH_KEY};
 
 /// Which broker the server runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

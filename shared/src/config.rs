@@ -14,6 +14,12 @@ pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(300);
 /// handshake to Amazon MQ, short enough to leave room in a 5.5 s hold.
 pub const DEFAULT_AMQP_TIMEOUT: Duration = Duration::from_millis(2_000);
 
+/// The JWT secret of local development (the local server and `cargo lambda watch`
+/// use it when `JWT_SECRET` is not set). Never for a deployment.
+pub const DEV_JWT_SECRET: &str = "longpoll-local-dev-secret";
+/// The publish key of local development, likewise.
+pub const DEV_PUBLISH_KEY: &str = "local-publish-key";
+
 /// A setting that is missing or unusable. The message names the variable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {

@@ -2,6 +2,10 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// `info`, but lapin only for errors: it warns about every returned (unroutable) message,
+/// which here is an expected outcome ("nobody is polling"), reported in the publish reply.
+const DEFAULT_FILTER: &str = "info,lapin=error";
+
 /// Logs as JSON on AWS Lambda (one object per line, which CloudWatch Logs Insights
 /// queries by field) and as readable text elsewhere. `LOG_FORMAT=json|text` overrides
 /// the guess; `RUST_LOG` (or Lambda's `AWS_LAMBDA_LOG_LEVEL`) sets the level, `info` by
@@ -9,9 +13,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init() {
     let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .ok()
-        .map(|level| EnvFilter::new(level.to_lowercase()))
+        .map(|level| EnvFilter::new(format!("{},lapin=error", level.to_lowercase())))
         .unwrap_or_else(|| {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
