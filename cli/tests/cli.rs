@@ -24,7 +24,8 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn check_rabbitmq_passes_against_the_local_broker() {
-    let output = longpoll(&["check-rabbitmq", "--url", &amqp_url()]);
+    // --declare-exchange: on a fresh broker no function has declared it yet.
+    let output = longpoll(&["check-rabbitmq", "--url", &amqp_url(), "--declare-exchange"]);
     let stdout = text(&output.stdout);
     assert!(
         output.status.success(),
@@ -35,6 +36,25 @@ fn check_rabbitmq_passes_against_the_local_broker() {
     for step in ["connect", "round trip", "exchange", "probe queue"] {
         assert!(stdout.contains(&format!("[ok] {step}")), "{step}: {stdout}");
     }
+}
+
+#[test]
+fn check_rabbitmq_fails_on_a_missing_exchange() {
+    let exchange = unique_name("longpoll.missing");
+    let output = longpoll(&[
+        "check-rabbitmq",
+        "--url",
+        &amqp_url(),
+        "--exchange",
+        &exchange,
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stdout).contains("[FAIL] exchange"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert!(text(&output.stderr).contains("--declare-exchange"));
 }
 
 #[test]

@@ -171,9 +171,14 @@ async fn invoke(functions: Arc<Functions>, route: Route, request: AxumRequest) -
             Err(binary) => Body::Binary(binary.into_bytes()),
         }
     };
-    match functions
-        .invoke(route.function, Request::from_parts(parts, body))
+    // The handler runs in a task of its own, to completion, even if the client goes
+    // away: as on Lambda, a poll is never cut off between taking events from the
+    // broker and answering.
+    let request = Request::from_parts(parts, body);
+    let handler = tokio::spawn(async move { functions.invoke(route.function, request).await });
+    match handler
         .await
+        .unwrap_or_else(|panic| Err(panic.to_string().into()))
     {
         Ok(response) => to_axum(response),
         Err(error) => {

@@ -1,11 +1,9 @@
 //! The RabbitMQ broker (lapin).
 //!
 //! One AMQP connection per process, opened on first use and shared by every
-//! invocation, with one channel in publisher-confirm mode that all operations share
-//! (RabbitMQ allows thousands of consumers on one channel; a Lambda instance runs one
-//! poll at a time anyway). A connection that died (broker restart, a thawed Lambda whose
-//! heartbeats lapsed) or stopped answering is replaced on the next operation, which is
-//! retried once on the fresh connection.
+//! invocation; its channels are lanes that operations borrow ([`session`]). A
+//! connection that died (broker restart, a thawed Lambda whose heartbeats lapsed) is
+//! replaced on the next operation, which is retried once on the fresh connection.
 //!
 //! A poll is a consumer, not a sleep-and-check loop: `basic.consume` with a prefetch of
 //! 100 and manual acks; the first delivery ends the wait, `basic.cancel` stops the flow
@@ -14,27 +12,26 @@
 //! If anything fails before the acks, the broker requeues the unacked messages when
 //! the channel closes: a failed poll loses nothing.
 
-use std::{future::Future, sync::Arc, time::Duration};
+mod session;
+
+use std::{collections::HashMap, future::Future, sync::Mutex as SyncMutex, time::Duration};
 
 use async_trait::async_trait;
 use futures_lite::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable},
 };
-use tokio::{
-    sync::Mutex,
-    time::{Instant, timeout_at},
-};
-use tracing::{info, warn};
+use tokio::time::{Instant, timeout_at};
+use tracing::warn;
 
+use self::session::{Connector, Lane, poison};
 use super::{Broker, BrokerError, Publication, Receipt};
 use crate::{
     config::Config,
@@ -46,39 +43,19 @@ use crate::{
 };
 
 /// Bound on stopping a consumer and acking its deliveries once the wait is over. It
-/// takes a millisecond on a healthy broker; past this the connection is sick.
-const CLEANUP_BUDGET: Duration = Duration::from_millis(500);
+/// takes a millisecond on a healthy broker; past this the channel is abandoned.
+const CLEANUP_BUDGET: Duration = Duration::from_millis(1000);
+/// How long a queue this process declared and bound is taken as still there, so a
+/// user's next polls skip the declare and binds (one round trip instead of several).
+/// Far below the queue's 30-minute `x-expires`, which only runs while it is unused.
+const DECLARED_FRESH_FOR: Duration = Duration::from_secs(60);
 
 /// RabbitMQ behind the [`Broker`] trait.
 pub struct RabbitBroker {
-    url: String,
-    connection_name: String,
-    exchange: String,
+    connector: Connector,
     presence_ttl: Duration,
-    /// Bound on connecting and on each round trip, so a dead broker costs a 503 and
-    /// never a hang past the Lambda deadline.
-    op_timeout: Duration,
-    /// The shared connection. A mutex (not a lock-free cell) so that when it dies, one
-    /// caller reconnects while the others wait for the result instead of racing to open
-    /// connections of their own.
-    session: Mutex<Option<Session>>,
-}
-
-/// A live connection and the channel every operation uses.
-#[derive(Clone)]
-struct Session {
-    connection: Arc<Connection>,
-    channel: Channel,
-}
-
-impl Session {
-    fn is_usable(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
-    }
-
-    fn is(&self, other: &Session) -> bool {
-        Arc::ptr_eq(&self.connection, &other.connection) && self.channel.id() == other.channel.id()
-    }
+    /// Queue → (routing keys bound, when): the queues declared recently by this process.
+    declared: SyncMutex<HashMap<String, (Vec<String>, Instant)>>,
 }
 
 impl RabbitBroker {
@@ -86,40 +63,36 @@ impl RabbitBroker {
     /// starts (and answers 503) even while the broker is down.
     pub fn new(config: &Config) -> Self {
         Self {
-            url: config.amqp_url.clone(),
-            connection_name: config.connection_name.clone(),
-            exchange: config.exchange.clone(),
+            connector: Connector::new(
+                config.amqp_url.clone(),
+                config.connection_name.clone(),
+                config.exchange.clone(),
+                config.amqp_timeout,
+            ),
             presence_ttl: config.presence_ttl,
-            op_timeout: config.amqp_timeout,
-            session: Mutex::new(None),
+            declared: SyncMutex::default(),
         }
+    }
+
+    fn exchange(&self) -> &str {
+        &self.connector.exchange
     }
 
     /// Connects now, for callers that prefer to fail at start-up.
     pub async fn connect(&self) -> Result<(), BrokerError> {
-        self.session(Instant::now() + self.op_timeout)
+        self.connector
+            .session(Instant::now() + self.connector.op_timeout)
             .await
             .map(drop)
-    }
-
-    /// Closes the connection (graceful shutdown); the next operation would reopen it.
-    pub async fn close(&self) {
-        if let Some(session) = self.session.lock().await.take() {
-            let _ = timeout_at(
-                Instant::now() + self.op_timeout,
-                session.connection.close(200, "shutdown".into()),
-            )
-            .await;
-        }
     }
 
     /// Follows the events of `routing_keys` live without taking them from anyone: an
     /// exclusive, server-named queue bound to the same keys receives a copy of each and
     /// disappears with the tail (`longpoll tail`, for debugging).
     pub async fn tail(&self, routing_keys: &[String]) -> Result<Tail, BrokerError> {
-        let deadline = Instant::now() + self.op_timeout;
-        self.run("tail set-up", deadline, |session| async move {
-            let channel = session.connection.create_channel().await?;
+        let deadline = Instant::now() + self.connector.op_timeout;
+        self.run("tail set-up", deadline, |lane| async move {
+            let channel = lane.connection.create_channel().await?;
             let options = QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -132,7 +105,7 @@ impl RabbitBroker {
                 channel
                     .queue_bind(
                         queue.name().clone(),
-                        self.exchange.as_str().into(),
+                        self.exchange().into(),
                         key.as_str().into(),
                         QueueBindOptions::default(),
                         FieldTable::default(),
@@ -160,84 +133,9 @@ impl RabbitBroker {
         .await
     }
 
-    /// The shared session, (re)connected if it is missing or broken.
-    async fn session(&self, deadline: Instant) -> Result<Session, BrokerError> {
-        let mut current = timeout_at(deadline, self.session.lock())
-            .await
-            .map_err(|_| BrokerError::Timeout("connect"))?;
-        if let Some(session) = current.as_ref().filter(|session| session.is_usable()) {
-            return Ok(session.clone());
-        }
-        let deadline = deadline.min(Instant::now() + self.op_timeout);
-        let reusable = current
-            .take()
-            .filter(|old| old.connection.status().connected());
-        let connection = match reusable {
-            // Only the channel died (a channel error such as a refused declare).
-            Some(old) => old.connection,
-            None => {
-                let properties = ConnectionProperties::default()
-                    .with_connection_name(self.connection_name.clone().into());
-                let connection = timeout_at(deadline, Connection::connect(&self.url, properties))
-                    .await
-                    .map_err(|_| BrokerError::Timeout("connect"))?
-                    .map_err(|error| BrokerError::Unreachable(error.to_string()))?;
-                info!(connection = %self.connection_name, "connected to the broker");
-                Arc::new(connection)
-            }
-        };
-        let channel = timeout_at(deadline, self.open_channel(&connection))
-            .await
-            .map_err(|_| BrokerError::Timeout("channel set-up"))?
-            .map_err(|error| failed("channel set-up", error))?;
-        let session = Session {
-            connection,
-            channel,
-        };
-        *current = Some(session.clone());
-        Ok(session)
-    }
-
-    async fn open_channel(&self, connection: &Connection) -> lapin::Result<Channel> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        // Per consumer (global: false): one poll never holds more than a batch.
-        channel
-            .basic_qos(MAX_BATCH as u16, BasicQosOptions { global: false })
-            .await?;
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(channel)
-    }
-
-    /// Forgets `broken` if it is still the shared session, so the next caller
-    /// reconnects; closes it in the background (a half-open socket may never answer).
-    async fn discard(&self, broken: &Session) {
-        let mut current = self.session.lock().await;
-        if current.as_ref().is_some_and(|session| session.is(broken)) {
-            *current = None;
-            let connection = broken.connection.clone();
-            let op_timeout = self.op_timeout;
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(op_timeout, connection.close(320, "replaced".into()))
-                    .await;
-            });
-        }
-    }
-
-    /// Runs `operation` on the shared session, within one round-trip timeout and the
-    /// caller's deadline; on failure replaces a broken session and tries once more.
+    /// Runs `operation` on a borrowed lane, within one round-trip timeout and the
+    /// caller's deadline; on failure tries once more (on a fresh connection if the old
+    /// one died).
     async fn run<T, F, Fut>(
         &self,
         name: &'static str,
@@ -245,45 +143,129 @@ impl RabbitBroker {
         operation: F,
     ) -> Result<T, BrokerError>
     where
-        F: Fn(Session) -> Fut,
+        F: Fn(Lane) -> Fut,
         Fut: Future<Output = lapin::Result<T>>,
     {
         let mut attempts_left = 2;
         loop {
             attempts_left -= 1;
-            let session = self.session(deadline).await?;
-            let step_deadline = deadline.min(Instant::now() + self.op_timeout);
-            let error = match timeout_at(step_deadline, operation(session.clone())).await {
-                Ok(Ok(value)) => return Ok(value),
+            let session = self.connector.session(deadline).await?;
+            let step_deadline = deadline.min(Instant::now() + self.connector.op_timeout);
+            let error = match timeout_at(step_deadline, session.lane()).await {
+                Err(_) => BrokerError::Timeout(name),
                 Ok(Err(error)) => failed(name, error),
-                Err(_) => {
-                    // No answer within a round-trip timeout: the socket may be half-open
-                    // (a frozen Lambda thawed). Running out of the caller's own time says
-                    // nothing about the connection, so that keeps it.
-                    if step_deadline < deadline {
-                        self.discard(&session).await;
+                Ok(Ok(lane)) => {
+                    let channel = lane.channel.clone();
+                    match timeout_at(step_deadline, operation(lane)).await {
+                        Ok(Ok(value)) => return Ok(value),
+                        Ok(Err(error)) => failed(name, error),
+                        Err(_) => {
+                            // Abandoned midway: a reply may still come and, for a
+                            // consume, leave a consumer nobody reads. Close the lane.
+                            poison(channel);
+                            // Nothing else in flight yet no answer: the socket is likely
+                            // half-open (a frozen Lambda thawed). Under load a slow answer
+                            // says nothing about the connection, which heartbeats watch.
+                            if step_deadline < deadline && session.load() == 0 {
+                                self.connector.discard(&session).await;
+                            }
+                            BrokerError::Timeout(name)
+                        }
                     }
-                    BrokerError::Timeout(name)
                 }
             };
             if attempts_left == 0 || Instant::now() >= deadline {
                 return Err(error);
             }
-            warn!(operation = name, %error, "broker operation failed; retrying on a fresh session");
+            warn!(operation = name, %error, "broker operation failed; retrying");
         }
+    }
+
+    fn recently_declared(&self, queue: &str, keys: &[String]) -> bool {
+        let declared = self
+            .declared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        declared
+            .get(queue)
+            .is_some_and(|(bound, at)| bound == keys && at.elapsed() < DECLARED_FRESH_FOR)
+    }
+
+    fn remember_declared(&self, queue: &str, keys: &[String]) {
+        let mut declared = self
+            .declared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if declared.len() >= 10_000 {
+            declared.retain(|_, (_, at)| at.elapsed() < DECLARED_FRESH_FOR);
+        }
+        declared.insert(queue.to_owned(), (keys.to_vec(), Instant::now()));
+    }
+
+    fn forget_declared(&self, queue: &str) {
+        self.declared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(queue);
+    }
+
+    /// Declares and binds the subscriber's queue (unless this process just did) and
+    /// starts a consumer on it.
+    async fn start_consumer(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        keys: &[String],
+    ) -> lapin::Result<lapin::Consumer> {
+        if !self.recently_declared(queue, keys) {
+            // Declare and binds without waiting for their replies: the channel runs
+            // methods in order, so consume-ok vouches for all of them and a refusal
+            // closes the channel, failing the consume. One round trip.
+            let durable = QueueDeclareOptions {
+                durable: true,
+                nowait: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(queue.into(), durable, field_table(user_queue_arguments()))
+                .await?;
+            for key in keys {
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        self.exchange().into(),
+                        key.as_str().into(),
+                        QueueBindOptions { nowait: true },
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        match &consumer {
+            Ok(_) => self.remember_declared(queue, keys),
+            Err(_) => self.forget_declared(queue),
+        }
+        consumer
     }
 
     /// Stops the consumer, collects deliveries that raced with the stop, tops the batch
     /// up from the queue and acks everything collected.
     async fn finish_wait(
         &self,
-        session: &Session,
+        channel: &Channel,
         consumer: &mut lapin::Consumer,
         consumer_ended: bool,
         queue: &str,
         deliveries: &mut Vec<Delivery>,
     ) -> lapin::Result<()> {
-        let channel = &session.channel;
         if !consumer_ended {
             channel
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
@@ -304,7 +286,7 @@ impl RabbitBroker {
                 }
             }
         }
-        // One ack each: delivery tags are per channel and the channel is shared, so a
+        // One ack each: delivery tags are per channel and lanes are shared, so a
         // `multiple` ack could take other polls' deliveries with it.
         for delivery in deliveries.iter() {
             delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -316,16 +298,16 @@ impl RabbitBroker {
 #[async_trait]
 impl Broker for RabbitBroker {
     async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError> {
-        let deadline = Instant::now() + self.op_timeout;
+        let deadline = Instant::now() + self.connector.op_timeout;
         let confirmations = self
-            .run("publish", deadline, |session| async move {
+            .run("publish", deadline, |lane| async move {
                 // All publishes first, then all confirms: one round trip for the batch.
                 let mut pending = Vec::with_capacity(batch.len());
                 for publication in batch {
-                    let confirm = session
+                    let confirm = lane
                         .channel
                         .basic_publish(
-                            self.exchange.as_str().into(),
+                            self.exchange().into(),
                             publication.audience.routing_key().into(),
                             BasicPublishOptions {
                                 mandatory: true,
@@ -369,46 +351,13 @@ impl Broker for RabbitBroker {
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
         let queue = subscriber.queue_name();
-        let routing_keys = subscriber.routing_keys();
-        let (session, mut consumer) = self
-            .run("poll set-up", deadline, |session| {
-                let (queue, routing_keys) = (queue.clone(), routing_keys.clone());
+        let keys = subscriber.routing_keys();
+        let (lane, mut consumer) = self
+            .run("poll set-up", deadline, |lane| {
+                let (queue, keys) = (&queue, &keys);
                 async move {
-                    let channel = &session.channel;
-                    // Declare and binds without waiting for their replies: the channel
-                    // runs methods in order, so consume-ok vouches for all of them and
-                    // a refusal closes the channel, failing the consume. One round trip.
-                    channel
-                        .queue_declare(
-                            queue.as_str().into(),
-                            QueueDeclareOptions {
-                                durable: true,
-                                nowait: true,
-                                ..Default::default()
-                            },
-                            field_table(user_queue_arguments()),
-                        )
-                        .await?;
-                    for key in routing_keys {
-                        channel
-                            .queue_bind(
-                                queue.as_str().into(),
-                                self.exchange.as_str().into(),
-                                key.into(),
-                                QueueBindOptions { nowait: true },
-                                FieldTable::default(),
-                            )
-                            .await?;
-                    }
-                    let consumer = channel
-                        .basic_consume(
-                            queue.as_str().into(),
-                            "".into(),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
-                    Ok((session, consumer))
+                    let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
+                    Ok((lane, consumer))
                 }
             })
             .await?;
@@ -417,14 +366,20 @@ impl Broker for RabbitBroker {
         let mut consumer_ended = false;
         match timeout_at(deadline, consumer.next()).await {
             Ok(Some(Ok(delivery))) => deliveries.push(delivery),
-            // The connection died mid-hold; the broker requeues what it had sent.
-            Ok(Some(Err(error))) => return Err(failed("poll", error)),
+            // The channel or connection died mid-hold; the broker requeues what it had sent.
+            Ok(Some(Err(error))) => {
+                self.forget_declared(&queue);
+                return Err(failed("poll", error));
+            }
             // The broker cancelled the consumer (the queue was deleted).
-            Ok(None) => consumer_ended = true,
+            Ok(None) => {
+                consumer_ended = true;
+                self.forget_declared(&queue);
+            }
             Err(_hold_over) => {}
         }
         let cleanup = self.finish_wait(
-            &session,
+            &lane.channel,
             &mut consumer,
             consumer_ended,
             &queue,
@@ -434,7 +389,7 @@ impl Broker for RabbitBroker {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(failed("poll", error)),
             Err(_) => {
-                self.discard(&session).await;
+                poison(lane.channel.clone());
                 return Err(BrokerError::Timeout("poll clean-up"));
             }
         }
@@ -446,21 +401,18 @@ impl Broker for RabbitBroker {
 
     async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
         let queue = presence_queue_name(user);
-        let deadline = Instant::now() + self.op_timeout;
-        self.run("presence", deadline, |session| {
+        let deadline = Instant::now() + self.connector.op_timeout;
+        self.run("presence", deadline, |lane| {
             let queue = queue.clone();
             async move {
-                session
-                    .channel
-                    .queue_declare(
-                        queue.into(),
-                        QueueDeclareOptions {
-                            durable: true,
-                            auto_delete: true,
-                            ..Default::default()
-                        },
-                        field_table(presence_queue_arguments(self.presence_ttl)),
-                    )
+                let options = QueueDeclareOptions {
+                    durable: true,
+                    auto_delete: true,
+                    ..Default::default()
+                };
+                let arguments = field_table(presence_queue_arguments(self.presence_ttl));
+                lane.channel
+                    .queue_declare(queue.into(), options, arguments)
                     .await
                     .map(drop)
             }
@@ -470,13 +422,12 @@ impl Broker for RabbitBroker {
 
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
         let queue = presence_queue_name(user);
-        let deadline = Instant::now() + self.op_timeout;
-        self.run("presence", deadline, |session| {
+        let deadline = Instant::now() + self.connector.op_timeout;
+        self.run("presence", deadline, |lane| {
             let queue = queue.clone();
+            // Deleting a queue that does not exist is not an error in RabbitMQ.
             async move {
-                // Deleting a queue that does not exist is not an error in RabbitMQ.
-                session
-                    .channel
+                lane.channel
                     .queue_delete(queue.into(), QueueDeleteOptions::default())
                     .await
                     .map(drop)
@@ -486,22 +437,16 @@ impl Broker for RabbitBroker {
     }
 
     async fn close(&self) {
-        if let Some(session) = self.session.lock().await.take() {
-            let _ = timeout_at(
-                Instant::now() + self.op_timeout,
-                session.connection.close(200, "shutdown".into()),
-            )
-            .await;
-        }
+        self.connector.close().await;
     }
 
     async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
-        let deadline = Instant::now() + self.op_timeout;
-        self.run("presence lookup", deadline, |session| async move {
+        let deadline = Instant::now() + self.connector.op_timeout;
+        self.run("presence lookup", deadline, |lane| async move {
             // A passive declare of a missing queue closes its channel (404 NOT_FOUND),
             // so lookups use a channel of their own, reopened after each miss, and
-            // never the shared one that other polls are consuming on.
-            let mut channel = session.connection.create_channel().await?;
+            // never a lane that polls are consuming on.
+            let mut channel = lane.connection.create_channel().await?;
             let mut online = Vec::with_capacity(users.len());
             for user in users {
                 let passive = QueueDeclareOptions {
@@ -519,7 +464,7 @@ impl Broker for RabbitBroker {
                     Ok(_) => online.push(true),
                     Err(error) if is_not_found(&error) => {
                         online.push(false);
-                        channel = session.connection.create_channel().await?;
+                        channel = lane.connection.create_channel().await?;
                     }
                     Err(error) => return Err(error),
                 }

@@ -1,0 +1,162 @@
+//! `cargo run --release -p longpoll-bench -- latency [RUNS SAMPLES]`
+//!
+//! Measures, through the real `poll-events` handler and a warm broker connection:
+//! - immediate return: a poll that finds an event already queued, request to answer;
+//! - publish to response: a poll is held, an event is published (with its confirm),
+//!   time from the start of the publish to the poll's answer.
+//!
+//! Each run takes SAMPLES of each and prints p50/p90/p99; the summary is the median of
+//! the runs' figures, since the machine is shared and noisy. `AMQP_URL` picks the broker
+//! (default the local RabbitMQ); `BROKER=memory` measures the in-memory broker instead.
+
+use std::{sync::Arc, time::Duration};
+
+use lambda_http::{Body, Request};
+use longpoll::{
+    App, Broker, Config, MemoryBroker, RabbitBroker,
+    broker::Publication,
+    event::EventBody,
+    token::TokenIssuer,
+    topology::{Audience, UserId},
+};
+use tokio::time::Instant;
+
+const SECRET: &str = "bench-secret";
+
+pub async fn run(runs: usize, samples: usize) {
+    let url =
+        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+    let mut config = Config::for_tests(&url, SECRET, "longpoll-bench");
+    config.poll_timeout = Duration::from_secs(5);
+    let memory = std::env::var("BROKER").is_ok_and(|broker| broker == "memory");
+    let broker: Arc<dyn Broker> = if memory {
+        Arc::new(MemoryBroker::new(config.presence_ttl))
+    } else {
+        Arc::new(RabbitBroker::new(&config))
+    };
+    let app = App::new(config, broker.clone()).expect("a JWT secret is set");
+    println!(
+        "broker: {}",
+        if memory {
+            "memory".to_owned()
+        } else {
+            longpoll::config::redact_url(&url)
+        }
+    );
+    println!("{runs} runs x {samples} samples\n");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9}",
+        "run", "p50 ms", "p90 ms", "p99 ms"
+    );
+
+    let (mut immediate_p50s, mut pushed_p50s, mut immediate_p99s, mut pushed_p99s) =
+        (vec![], vec![], vec![], vec![]);
+    for run in 1..=runs {
+        let user = UserId(uuid::Uuid::new_v4().as_u128() as u64 % 1_000_000_000_000 + 1);
+        let token =
+            TokenIssuer::new(SECRET.as_bytes()).mint(user, None, None, Duration::from_secs(3600));
+        // Declare the queue (and warm the connection) with one empty poll.
+        poll(&app, &token, Some(Duration::from_millis(50))).await;
+
+        let mut immediate = Vec::with_capacity(samples);
+        for n in 0..samples {
+            publish(&*broker, user, n).await;
+            let started = Instant::now();
+            let events = poll(&app, &token, None).await;
+            immediate.push(started.elapsed());
+            assert_eq!(events, 1);
+        }
+        let mut pushed = Vec::with_capacity(samples);
+        for n in 0..samples {
+            let held = {
+                let (app, token) = (app.clone(), token.clone());
+                tokio::spawn(async move {
+                    let events = poll(&app, &token, None).await;
+                    (Instant::now(), events)
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await; // let the poll start waiting
+            let started = Instant::now();
+            publish(&*broker, user, n).await;
+            let (answered, events) = held.await.unwrap();
+            assert_eq!(events, 1);
+            pushed.push(answered - started);
+        }
+        let (i, p) = (percentiles(&mut immediate), percentiles(&mut pushed));
+        println!(
+            "{:<28} {:>9.3} {:>9.3} {:>9.3}",
+            format!("#{run} immediate return"),
+            i.0,
+            i.1,
+            i.2
+        );
+        println!(
+            "{:<28} {:>9.3} {:>9.3} {:>9.3}",
+            format!("#{run} publish to response"),
+            p.0,
+            p.1,
+            p.2
+        );
+        immediate_p50s.push(i.0);
+        immediate_p99s.push(i.2);
+        pushed_p50s.push(p.0);
+        pushed_p99s.push(p.2);
+    }
+    println!("\nmedian of {runs} runs:");
+    println!(
+        "  immediate return     p50 {:.3} ms, p99 {:.3} ms",
+        median(&mut immediate_p50s),
+        median(&mut immediate_p99s)
+    );
+    println!(
+        "  publish to response  p50 {:.3} ms, p99 {:.3} ms",
+        median(&mut pushed_p50s),
+        median(&mut pushed_p99s)
+    );
+}
+
+/// One poll through the handler; returns how many events it answered.
+async fn poll(app: &App, token: &str, hold: Option<Duration>) -> usize {
+    let mut app = app.clone();
+    if let Some(hold) = hold {
+        app.config.poll_timeout = hold;
+    }
+    let request: Request = lambda_http::http::Request::builder()
+        .uri("/api/v1/communication/poll/events/")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::Empty)
+        .unwrap();
+    let response = poll_events::handle(&app, request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = std::str::from_utf8(response.body().as_ref()).unwrap();
+    text.matches("\"event\":").count()
+}
+
+async fn publish(broker: &dyn Broker, user: UserId, n: usize) {
+    let body: EventBody = EventBody::Typing(longpoll::event::TypingData {
+        sender_id: n as i64,
+        sender_name: None,
+        is_typing: true,
+        extra: Default::default(),
+    });
+    broker
+        .publish(&[Publication {
+            audience: Audience::User(user),
+            event: body.prepare(),
+        }])
+        .await
+        .unwrap();
+}
+
+/// (p50, p90, p99) in milliseconds.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    (at(0.5), at(0.9), at(0.99))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

@@ -1,0 +1,232 @@
+//! The shared connection and its channels.
+//!
+//! One connection per process. Its channels are *lanes*: an operation borrows the least
+//! loaded one for as long as it needs it (a held poll, for the whole hold, since its
+//! consumer lives there). RabbitMQ runs each channel as one process, so spreading many
+//! held polls over a few channels spreads the broker's work over its cores, and a
+//! channel error (which closes the channel) only touches the polls on that lane. A
+//! Lambda instance runs one poll at a time and so only ever opens one channel.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use lapin::{
+    Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    types::FieldTable,
+};
+use tokio::{
+    sync::Mutex,
+    time::{Duration, Instant, timeout_at},
+};
+use tracing::info;
+
+use crate::{broker::BrokerError, topology::MAX_BATCH};
+
+/// Borrowers a lane takes before another channel is opened.
+const LOAD_PER_CHANNEL: usize = 256;
+/// Most channels per connection (RabbitMQ's default `channel_max` is 2047).
+const MAX_CHANNELS: usize = 64;
+
+/// Opens the connection on demand and replaces it when it dies.
+pub(super) struct Connector {
+    pub url: String,
+    pub connection_name: String,
+    pub exchange: String,
+    pub op_timeout: Duration,
+    /// The shared session. A mutex (not a lock-free cell) so that when it dies, one
+    /// caller reconnects while the others wait for the result instead of racing to open
+    /// connections of their own.
+    current: Mutex<Option<Session>>,
+}
+
+/// A live connection and its lanes.
+#[derive(Clone)]
+pub(super) struct Session {
+    pub connection: Arc<Connection>,
+    lanes: Arc<Mutex<Vec<Slot>>>,
+}
+
+struct Slot {
+    channel: Channel,
+    load: Arc<AtomicUsize>,
+}
+
+/// A channel borrowed for one operation or one held poll; returned when dropped.
+pub(super) struct Lane {
+    pub channel: Channel,
+    pub connection: Arc<Connection>,
+    load: Arc<AtomicUsize>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Closes `channel` in the background. Used when an operation on it was abandoned
+/// midway (a timeout): whatever the broker delivered there and nobody acked is
+/// requeued, and a consumer registered after we stopped waiting cannot hold messages
+/// hostage.
+pub(super) fn poison(channel: Channel) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.close(406, "abandoned operation".into()),
+        )
+        .await;
+    });
+}
+
+impl Connector {
+    pub fn new(
+        url: String,
+        connection_name: String,
+        exchange: String,
+        op_timeout: Duration,
+    ) -> Self {
+        Self {
+            url,
+            connection_name,
+            exchange,
+            op_timeout,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The shared session, reconnected if missing or dead, within `deadline`.
+    pub async fn session(&self, deadline: Instant) -> Result<Session, BrokerError> {
+        let mut current = timeout_at(deadline, self.current.lock())
+            .await
+            .map_err(|_| BrokerError::Timeout("connect"))?;
+        if let Some(session) = current
+            .as_ref()
+            .filter(|session| session.connection.status().connected())
+        {
+            return Ok(session.clone());
+        }
+        *current = None;
+        let deadline = deadline.min(Instant::now() + self.op_timeout);
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let connection = timeout_at(deadline, Connection::connect(&self.url, properties))
+            .await
+            .map_err(|_| BrokerError::Timeout("connect"))?
+            .map_err(|error| BrokerError::Unreachable(error.to_string()))?;
+        let session = Session {
+            connection: Arc::new(connection),
+            lanes: Arc::default(),
+        };
+        // The first lane also declares the exchange, once per connection.
+        let first = timeout_at(deadline, session.open_slot(Some(&self.exchange)))
+            .await
+            .map_err(|_| BrokerError::Timeout("channel set-up"))?
+            .map_err(|error| BrokerError::Failed {
+                operation: "channel set-up",
+                reason: error.to_string(),
+            })?;
+        session.lanes.lock().await.push(first);
+        info!(connection = %self.connection_name, "connected to the broker");
+        *current = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Forgets `dead` if it is still the shared session, so the next caller reconnects,
+    /// and closes it in the background (a half-open socket may never answer).
+    pub async fn discard(&self, dead: &Session) {
+        let mut current = self.current.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|session| Arc::ptr_eq(&session.connection, &dead.connection))
+        {
+            *current = None;
+            let (connection, op_timeout) = (dead.connection.clone(), self.op_timeout);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(op_timeout, connection.close(320, "replaced".into()))
+                    .await;
+            });
+        }
+    }
+
+    /// Closes the connection (graceful shutdown); the next operation would reopen it.
+    pub async fn close(&self) {
+        if let Some(session) = self.current.lock().await.take() {
+            let _ = timeout_at(
+                Instant::now() + self.op_timeout,
+                session.connection.close(200, "shutdown".into()),
+            )
+            .await;
+        }
+    }
+}
+
+impl Session {
+    /// Borrows the least loaded open channel, opening another when all are busy.
+    pub async fn lane(&self) -> lapin::Result<Lane> {
+        let mut lanes = self.lanes.lock().await;
+        lanes.retain(|slot| slot.channel.status().connected());
+        let least = lanes
+            .iter()
+            .min_by_key(|slot| slot.load.load(Ordering::Relaxed));
+        let crowded =
+            least.is_none_or(|slot| slot.load.load(Ordering::Relaxed) >= LOAD_PER_CHANNEL);
+        if crowded && lanes.len() < MAX_CHANNELS {
+            let slot = self.open_slot(None).await?;
+            lanes.push(slot);
+        }
+        let slot = lanes
+            .iter()
+            .min_by_key(|slot| slot.load.load(Ordering::Relaxed))
+            .expect("at least one lane");
+        slot.load.fetch_add(1, Ordering::Relaxed);
+        Ok(Lane {
+            channel: slot.channel.clone(),
+            connection: self.connection.clone(),
+            load: slot.load.clone(),
+        })
+    }
+
+    /// Operations in progress on this connection, held polls included.
+    pub fn load(&self) -> usize {
+        match self.lanes.try_lock() {
+            Ok(lanes) => lanes
+                .iter()
+                .map(|slot| slot.load.load(Ordering::Relaxed))
+                .sum(),
+            // Someone is opening a channel: the connection is in use.
+            Err(_) => usize::MAX,
+        }
+    }
+
+    async fn open_slot(&self, exchange: Option<&str>) -> lapin::Result<Slot> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // Per consumer (global: false): one poll never holds more than a batch.
+        channel
+            .basic_qos(MAX_BATCH as u16, BasicQosOptions { global: false })
+            .await?;
+        if let Some(exchange) = exchange {
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            channel
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(Slot {
+            channel,
+            load: Arc::default(),
+        })
+    }
+}
