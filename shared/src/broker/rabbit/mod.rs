@@ -28,7 +28,10 @@ use lapin::{
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable},
 };
-use tokio::time::{Instant, timeout_at};
+use tokio::{
+    sync::Semaphore,
+    time::{Instant, timeout_at},
+};
 use tracing::warn;
 
 use self::session::{Connector, Lane, poison};
@@ -49,6 +52,10 @@ const CLEANUP_BUDGET: Duration = Duration::from_millis(1000);
 /// user's next polls skip the declare and binds (one round trip instead of several).
 /// Far below the queue's 30-minute `x-expires`, which only runs while it is unused.
 const DECLARED_FRESH_FOR: Duration = Duration::from_secs(60);
+/// Most broker operations (poll set-ups, presence, publishes) in flight at once per
+/// process. Enough to keep the broker busy; more only lengthens every answer until
+/// they all time out together.
+const MAX_OPERATIONS_IN_FLIGHT: usize = 128;
 
 /// RabbitMQ behind the [`Broker`] trait.
 pub struct RabbitBroker {
@@ -56,6 +63,9 @@ pub struct RabbitBroker {
     presence_ttl: Duration,
     /// Queue → (routing keys bound, when): the queues declared recently by this process.
     declared: SyncMutex<HashMap<String, (Vec<String>, Instant)>>,
+    /// Bounds the operations in flight on the connection (held polls are not counted
+    /// once set up).
+    turns: Semaphore,
 }
 
 impl RabbitBroker {
@@ -71,6 +81,7 @@ impl RabbitBroker {
             ),
             presence_ttl: config.presence_ttl,
             declared: SyncMutex::default(),
+            turns: Semaphore::new(MAX_OPERATIONS_IN_FLIGHT),
         }
     }
 
@@ -150,6 +161,12 @@ impl RabbitBroker {
         loop {
             attempts_left -= 1;
             let session = self.connector.session(deadline).await?;
+            // Wait for a turn before talking to the broker: a burst of polls queues here
+            // instead of flooding it, where every answer would slow down together.
+            let _turn = timeout_at(deadline, self.turns.acquire())
+                .await
+                .map_err(|_| BrokerError::Timeout(name))?
+                .expect("the semaphore is never closed");
             let step_deadline = deadline.min(Instant::now() + self.connector.op_timeout);
             let error = match timeout_at(step_deadline, session.lane()).await {
                 Err(_) => BrokerError::Timeout(name),
