@@ -26,7 +26,7 @@ const SECRET: &str = "bench-secret";
 pub async fn run(runs: usize, samples: usize) {
     let url =
         std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
-    let mut config = Config::for_tests(&url, SECRET, "longpoll-bench");
+    let mut config = Config::new(&url, Some(SECRET), "longpoll-bench");
     config.poll_timeout = Duration::from_secs(5);
     let memory = std::env::var("BROKER").is_ok_and(|broker| broker == "memory");
     let broker: Arc<dyn Broker> = if memory {

@@ -116,8 +116,7 @@ struct AudienceArgs {
 
 impl BrokerArgs {
     fn broker(&self) -> RabbitBroker {
-        let mut config = Config::for_tests(&self.url, "", "longpoll-cli");
-        config.jwt_secret = None;
+        let mut config = Config::new(&self.url, None, "longpoll-cli");
         config.exchange = self.exchange.clone();
         RabbitBroker::new(&config)
     }

@@ -57,6 +57,7 @@ async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool)
         BrokerKind::Memory => println!("broker: in memory (set AMQP_URL to use RabbitMQ)"),
         BrokerKind::RabbitMq => {
             let url = config.redacted_amqp_url();
+            // Any operation connects; an empty presence lookup is the cheapest one.
             match functions.app.broker.is_online(&[]).await {
                 Ok(_) => println!("broker: RabbitMQ at {url}"),
                 Err(error) => println!(

@@ -110,12 +110,12 @@ impl Config {
         })
     }
 
-    /// A configuration for tests and tools: the given broker and secret, contract
+    /// A configuration for tools and tests: the given broker and secret, contract
     /// defaults for the rest.
-    pub fn for_tests(amqp_url: &str, jwt_secret: &str, connection_name: &str) -> Self {
+    pub fn new(amqp_url: &str, jwt_secret: Option<&str>, connection_name: &str) -> Self {
         Self {
             amqp_url: amqp_url.to_owned(),
-            jwt_secret: Some(jwt_secret.as_bytes().to_vec()),
+            jwt_secret: jwt_secret.map(|secret| secret.as_bytes().to_vec()),
             exchange: DEFAULT_EXCHANGE.to_owned(),
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             presence_ttl: DEFAULT_PRESENCE_TTL,

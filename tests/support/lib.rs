@@ -31,7 +31,7 @@ pub fn amqp_url() -> String {
 
 /// A configuration naming the test's connection, so a test can find and close it.
 pub fn config(connection_name: &str) -> Config {
-    Config::for_tests(&amqp_url(), JWT_SECRET, connection_name)
+    Config::new(&amqp_url(), Some(JWT_SECRET), connection_name)
 }
 
 /// A connection name no other test uses.

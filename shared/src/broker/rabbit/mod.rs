@@ -89,14 +89,6 @@ impl RabbitBroker {
         &self.connector.exchange
     }
 
-    /// Connects now, for callers that prefer to fail at start-up.
-    pub async fn connect(&self) -> Result<(), BrokerError> {
-        self.connector
-            .session(Instant::now() + self.connector.op_timeout)
-            .await
-            .map(drop)
-    }
-
     /// Follows the events of `routing_keys` live without taking them from anyone: an
     /// exclusive, server-named queue bound to the same keys receives a copy of each and
     /// disappears with the tail (`longpoll tail`, for debugging).
