@@ -2,13 +2,11 @@
 //! RabbitMQ (over a real connection to `AMQP_URL`) and against the in-memory broker.
 //! A behaviour that holds on one and not the other fails here.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use longpoll::{Broker, Config, topology::Audience};
+use longpoll::topology::Audience;
 use longpoll_tests::*;
 use tokio::time::Instant;
-
-type MakeBroker = fn(&Config) -> Arc<dyn Broker>;
 
 const HOLD: Duration = Duration::from_secs(5);
 
@@ -312,20 +310,7 @@ async fn concurrent_polls_of_one_user_share_the_queue(make: MakeBroker) {
     assert_eq!(seen, (1..=10).collect::<Vec<_>>());
 }
 
-macro_rules! conformance_suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod rabbitmq {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() { super::$behaviour(longpoll_tests::rabbit).await })*
-        }
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() { super::$behaviour(longpoll_tests::memory).await })*
-        }
-    };
-}
-
-conformance_suite!(
+longpoll_tests::on_both_brokers!(
     returns_waiting_events_at_once,
     wakes_when_an_event_arrives,
     answers_empty_when_the_hold_runs_out,

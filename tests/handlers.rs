@@ -1,15 +1,13 @@
 //! The handlers, fed real API Gateway HTTP API (payload 2.0) events from `fixtures/`:
 //! every route, every status the contract names, on RabbitMQ and on the memory broker.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use lambda_http::{Body, Context, RequestExt, Response};
-use longpoll::{App, Broker, Config, token::TokenIssuer, topology::Audience};
+use longpoll::{App, token::TokenIssuer, topology::Audience};
 use longpoll_tests::*;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-
-type MakeBroker = fn(&Config) -> Arc<dyn Broker>;
 
 const HOLD: Duration = Duration::from_millis(1500);
 
@@ -23,19 +21,6 @@ async fn poll(app: &App, fixture: Fixture) -> Response<Body> {
     poll_events::handle(app, fixture.request())
         .await
         .expect("the handler never fails outright")
-}
-
-fn assert_error(response: &Response<Body>, status: u16, code: &str) {
-    assert_eq!(response.status(), status);
-    assert_eq!(response.headers()["content-type"], "application/json");
-    let body = json_of(response);
-    assert_eq!(body["error"], code, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{body}"
-    );
 }
 
 /// Each way of sending the token works, and the answer has the contract's shape.
@@ -277,20 +262,7 @@ async fn handlers_ignore_the_path(make: MakeBroker) {
     assert_eq!(json_of(&response)["events"].as_array().unwrap().len(), 1);
 }
 
-macro_rules! handler_suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod rabbitmq {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() { super::$behaviour(longpoll_tests::rabbit).await })*
-        }
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() { super::$behaviour(longpoll_tests::memory).await })*
-        }
-    };
-}
-
-handler_suite!(
+longpoll_tests::on_both_brokers!(
     poll_accepts_all_three_token_forms,
     poll_answers_empty_after_the_hold,
     poll_stops_before_the_lambda_deadline,

@@ -4,12 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use lambda_http::{Body, Response};
-use longpoll::{Broker, Config, topology::Audience};
+use longpoll::{Broker, topology::Audience};
 use longpoll_tests::*;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-
-type MakeBroker = fn(&Config) -> Arc<dyn Broker>;
 
 const HOLD: Duration = Duration::from_secs(3);
 
@@ -32,13 +30,6 @@ async fn post(publisher: &publish_event::Publisher, body: &Value) -> Response<Bo
     publish_event::handle(publisher, fixture.request())
         .await
         .unwrap()
-}
-
-fn assert_error(response: &Response<Body>, status: u16, code: &str) -> String {
-    assert_eq!(response.status(), status);
-    let body = json_of(response);
-    assert_eq!(body["error"], code, "{body}");
-    body["message"].as_str().unwrap().to_owned()
 }
 
 fn typing_for(user: u64) -> Value {
@@ -334,20 +325,7 @@ async fn looks_up_presence(make: MakeBroker) {
     );
 }
 
-macro_rules! producer_suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod rabbitmq {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() { super::$behaviour(longpoll_tests::rabbit).await })*
-        }
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() { super::$behaviour(longpoll_tests::memory).await })*
-        }
-    };
-}
-
-producer_suite!(
+longpoll_tests::on_both_brokers!(
     publishes_a_single_event,
     publishes_a_batch_with_college_fan_out,
     refuses_bad_requests_and_publishes_nothing,

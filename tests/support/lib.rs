@@ -227,6 +227,37 @@ impl Fixture {
     }
 }
 
+/// Makes the broker a behaviour test runs on: [`rabbit`] or [`memory`].
+pub type MakeBroker = fn(&Config) -> Arc<dyn Broker>;
+
+/// Runs each named `async fn(MakeBroker)` twice: once on RabbitMQ (module `rabbitmq`)
+/// and once on the in-memory broker (module `memory`).
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($behaviour:ident),* $(,)?) => {
+        mod rabbitmq {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() { super::$behaviour(longpoll_tests::rabbit).await })*
+        }
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() { super::$behaviour(longpoll_tests::memory).await })*
+        }
+    };
+}
+
+/// Asserts a contract error: `status`, a JSON body with `error` = `code` and a
+/// non-empty `message`, which it returns.
+pub fn assert_error(response: &Response<Body>, status: u16, code: &str) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = json_of(response);
+    assert_eq!(body["error"], code, "{body}");
+    let message = body["message"].as_str().unwrap_or_default().to_owned();
+    assert!(!message.is_empty(), "{body}");
+    message
+}
+
 /// The response status and its JSON body.
 pub fn json_of(response: &Response<Body>) -> Value {
     serde_json::from_slice(response.body().as_ref()).expect("a JSON body")
