@@ -5,6 +5,9 @@
 //! - publish to response: a poll is held, an event is published (with its confirm),
 //!   time from the start of the publish to the poll's answer.
 //!
+//! Both in the guide's mode and in cursor mode (`?device=bench&ack=<last id>`), where
+//! each poll first acknowledges what the previous one returned.
+//!
 //! Each run takes SAMPLES of each and prints p50/p90/p99; the summary is the median of
 //! the runs' figures, since the machine is shared and noisy. `AMQP_URL` picks the broker
 //! (default the local RabbitMQ); `BROKER=memory` measures the in-memory broker instead.
@@ -49,87 +52,139 @@ pub async fn run(runs: usize, samples: usize) {
         "run", "p50 ms", "p90 ms", "p99 ms"
     );
 
-    let (mut immediate_p50s, mut pushed_p50s, mut immediate_p99s, mut pushed_p99s) =
-        (vec![], vec![], vec![], vec![]);
-    for run in 1..=runs {
-        let user = UserId(uuid::Uuid::new_v4().as_u128() as u64 % 1_000_000_000_000 + 1);
-        let token =
-            TokenIssuer::new(SECRET.as_bytes()).mint(user, None, None, Duration::from_secs(3600));
-        // Declare the queue (and warm the connection) with one empty poll.
-        poll(&app, &token, Some(Duration::from_millis(50))).await;
-
-        let mut immediate = Vec::with_capacity(samples);
-        for n in 0..samples {
-            publish(&*broker, user, n).await;
-            let started = Instant::now();
-            let events = poll(&app, &token, None).await;
-            immediate.push(started.elapsed());
-            assert_eq!(events, 1);
+    let mut summary = Vec::new();
+    for mode in [Mode::Guide, Mode::Cursor] {
+        let (mut immediate_p50s, mut pushed_p50s, mut immediate_p99s, mut pushed_p99s) =
+            (vec![], vec![], vec![], vec![]);
+        for run in 1..=runs {
+            let (immediate, pushed) = measure(&app, &*broker, mode, samples).await;
+            for (name, figures) in [("immediate", immediate), ("publish to response", pushed)] {
+                println!(
+                    "{:<34} {:>9.3} {:>9.3} {:>9.3}",
+                    format!("#{run} {} {name}", mode.name()),
+                    figures.0,
+                    figures.1,
+                    figures.2
+                );
+            }
+            immediate_p50s.push(immediate.0);
+            immediate_p99s.push(immediate.2);
+            pushed_p50s.push(pushed.0);
+            pushed_p99s.push(pushed.2);
         }
-        let mut pushed = Vec::with_capacity(samples);
-        for n in 0..samples {
-            let held = {
-                let (app, token) = (app.clone(), token.clone());
-                tokio::spawn(async move {
-                    let events = poll(&app, &token, None).await;
-                    (Instant::now(), events)
-                })
-            };
-            tokio::time::sleep(Duration::from_millis(20)).await; // let the poll start waiting
-            let started = Instant::now();
-            publish(&*broker, user, n).await;
-            let (answered, events) = held.await.unwrap();
-            assert_eq!(events, 1);
-            pushed.push(answered - started);
-        }
-        let (i, p) = (percentiles(&mut immediate), percentiles(&mut pushed));
-        println!(
-            "{:<28} {:>9.3} {:>9.3} {:>9.3}",
-            format!("#{run} immediate return"),
-            i.0,
-            i.1,
-            i.2
-        );
-        println!(
-            "{:<28} {:>9.3} {:>9.3} {:>9.3}",
-            format!("#{run} publish to response"),
-            p.0,
-            p.1,
-            p.2
-        );
-        immediate_p50s.push(i.0);
-        immediate_p99s.push(i.2);
-        pushed_p50s.push(p.0);
-        pushed_p99s.push(p.2);
+        summary.push(format!(
+            "  {:<6} immediate return     p50 {:.3} ms, p99 {:.3} ms\n  {:<6} publish to response  p50 {:.3} ms, p99 {:.3} ms",
+            mode.name(),
+            median(&mut immediate_p50s),
+            median(&mut immediate_p99s),
+            mode.name(),
+            median(&mut pushed_p50s),
+            median(&mut pushed_p99s)
+        ));
     }
     println!("\nmedian of {runs} runs:");
-    println!(
-        "  immediate return     p50 {:.3} ms, p99 {:.3} ms",
-        median(&mut immediate_p50s),
-        median(&mut immediate_p99s)
-    );
-    println!(
-        "  publish to response  p50 {:.3} ms, p99 {:.3} ms",
-        median(&mut pushed_p50s),
-        median(&mut pushed_p99s)
-    );
+    for line in summary {
+        println!("{line}");
+    }
 }
 
-/// One poll through the handler; returns how many events it answered.
-async fn poll(app: &App, token: &str, hold: Option<Duration>) -> usize {
-    let mut app = app.clone();
-    if let Some(hold) = hold {
-        app.config.poll_timeout = hold;
+#[derive(Clone, Copy)]
+enum Mode {
+    /// The design guide's: events are removed when returned.
+    Guide,
+    /// `?device=bench&ack=<last id>`: each poll acknowledges the previous answer.
+    Cursor,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Guide => "guide",
+            Mode::Cursor => "cursor",
+        }
     }
-    let request: Request = lambda_http::http::Request::builder()
-        .uri("/api/v1/communication/poll/events/")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::Empty)
-        .unwrap();
-    let response = poll_events::handle(&app, request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = std::str::from_utf8(response.body().as_ref()).unwrap();
-    text.matches("\"event\":").count()
+}
+
+/// One run: SAMPLES immediate returns, then SAMPLES held polls answered by a publish;
+/// each as (p50, p90, p99) in milliseconds.
+async fn measure(
+    app: &App,
+    broker: &dyn Broker,
+    mode: Mode,
+    samples: usize,
+) -> ((f64, f64, f64), (f64, f64, f64)) {
+    let user = UserId(uuid::Uuid::new_v4().as_u128() as u64 % 1_000_000_000_000 + 1);
+    let token =
+        TokenIssuer::new(SECRET.as_bytes()).mint(user, None, None, Duration::from_secs(3600));
+    let mut poller = Poller {
+        app: app.clone(),
+        token,
+        cursor: matches!(mode, Mode::Cursor).then(String::new),
+    };
+    // Declare the queue (and warm the connection) with one empty poll.
+    poller.poll(Some(Duration::from_millis(50))).await;
+
+    let mut immediate = Vec::with_capacity(samples);
+    for n in 0..samples {
+        publish(broker, user, n).await;
+        let started = Instant::now();
+        let events = poller.poll(None).await;
+        immediate.push(started.elapsed());
+        assert_eq!(events, 1);
+    }
+    let mut pushed = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let held = {
+            let mut poller = poller.clone();
+            tokio::spawn(async move {
+                let events = poller.poll(None).await;
+                (Instant::now(), events, poller)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await; // let the poll start waiting
+        let started = Instant::now();
+        publish(broker, user, n).await;
+        let (answered, events, advanced) = held.await.unwrap();
+        assert_eq!(events, 1);
+        poller = advanced;
+        pushed.push(answered - started);
+    }
+    (percentiles(&mut immediate), percentiles(&mut pushed))
+}
+
+/// A client of the poll handler; in cursor mode it remembers the last id it got.
+#[derive(Clone)]
+struct Poller {
+    app: App,
+    token: String,
+    cursor: Option<String>,
+}
+
+impl Poller {
+    /// One poll through the handler; returns how many events it answered.
+    async fn poll(&mut self, hold: Option<Duration>) -> usize {
+        let mut app = self.app.clone();
+        if let Some(hold) = hold {
+            app.config.poll_timeout = hold;
+        }
+        let uri = match &self.cursor {
+            None => "/api/v1/communication/poll/events/".to_owned(),
+            Some(acked) => format!("/api/v1/communication/poll/events/?device=bench&ack={acked}"),
+        };
+        let request: Request = lambda_http::http::Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Body::Empty)
+            .unwrap();
+        let response = poll_events::handle(&app, request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = serde_json::from_slice(response.body().as_ref()).unwrap();
+        let events = body["events"].as_array().unwrap();
+        if let (Some(cursor), Some(last)) = (&mut self.cursor, events.last()) {
+            *cursor = last["id"].as_str().unwrap().to_owned();
+        }
+        events.len()
+    }
 }
 
 async fn publish(broker: &dyn Broker, user: UserId, n: usize) {

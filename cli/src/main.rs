@@ -208,6 +208,7 @@ async fn run(command: Command) -> Result<(), String> {
                 keys = Subscriber {
                     user_id: UserId(user),
                     college_id: college.map(CollegeId),
+                    device: None,
                 }
                 .routing_keys();
             } else if let Some(college) = college {

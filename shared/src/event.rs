@@ -163,6 +163,9 @@ pub struct OutgoingEvent {
     pub published_at: SystemTime,
 }
 
+/// Longest event id: it travels as the AMQP `message_id`, a short string.
+pub const MAX_EVENT_ID_LENGTH: usize = 255;
+
 /// A fresh event id: a UUIDv7, so ids sort by creation time.
 pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().to_string()

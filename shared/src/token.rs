@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::topology::{CollegeId, Subscriber, UserId};
+use crate::topology::{CollegeId, DeviceId, Subscriber, UserId};
 
 /// Why a request is not authenticated. Every variant answers 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,11 +47,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The queue this user polls and the routing keys that feed it.
-    pub fn subscriber(&self) -> Subscriber {
+    /// The queue this user (or one of their devices) polls and the routing keys that
+    /// feed it.
+    pub fn subscriber(&self, device: Option<DeviceId>) -> Subscriber {
         Subscriber {
             user_id: self.user_id,
             college_id: self.college_id,
+            device,
         }
     }
 }

@@ -52,17 +52,47 @@ impl Audience {
     }
 }
 
-/// A polling user: whose queue to read and which routing keys feed it.
+/// One tab or device of a user (`?device=`): 1 to 64 of `A-Za-z0-9_-`, so it is safe in a
+/// queue name and cannot make one user's queue look like another's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceId(String);
+
+/// Longest device id.
+pub const MAX_DEVICE_ID_LENGTH: usize = 64;
+
+impl DeviceId {
+    /// The device id in `text`, if it is a valid one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid = (1..=MAX_DEVICE_ID_LENGTH).contains(&text.len())
+            && text
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+        valid.then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A polling user (or one of their devices): whose queue to read and which routing keys
+/// feed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscriber {
     pub user_id: UserId,
     pub college_id: Option<CollegeId>,
+    /// `None`: the guide's one queue per user, shared by all their tabs. `Some`: a queue
+    /// of the device's own, bound to the same keys, so every device gets every event.
+    pub device: Option<DeviceId>,
 }
 
 impl Subscriber {
-    /// `event_queue:user:<id>`.
+    /// `event_queue:user:<id>`, or `event_queue:user:<id>:<device>`.
     pub fn queue_name(&self) -> String {
-        format!("event_queue:user:{}", self.user_id)
+        match &self.device {
+            None => format!("event_queue:user:{}", self.user_id),
+            Some(device) => format!("event_queue:user:{}:{}", self.user_id, device.as_str()),
+        }
     }
 
     /// The routing keys bound to the queue: the user's own and, for a member of a
@@ -131,6 +161,7 @@ mod tests {
         let subscriber = Subscriber {
             user_id: UserId(42),
             college_id: Some(CollegeId(5)),
+            device: None,
         };
         assert_eq!(subscriber.queue_name(), "event_queue:user:42");
         assert_eq!(subscriber.routing_keys(), ["user.42", "college.5"]);
@@ -138,8 +169,24 @@ mod tests {
         let loner = Subscriber {
             user_id: UserId(7),
             college_id: None,
+            device: None,
         };
         assert_eq!(loner.routing_keys(), ["user.7"]);
+        let tab = Subscriber {
+            device: DeviceId::parse("tab-1_a"),
+            ..subscriber
+        };
+        assert_eq!(tab.queue_name(), "event_queue:user:42:tab-1_a");
+        assert_eq!(tab.routing_keys(), ["user.42", "college.5"]);
+    }
+
+    #[test]
+    fn device_ids_are_short_and_plain() {
+        assert!(DeviceId::parse("a").is_some());
+        assert!(DeviceId::parse(&"x".repeat(64)).is_some());
+        for bad in ["", "a:b", "a b", "é", "a.b", "a/b", &"x".repeat(65)] {
+            assert!(DeviceId::parse(bad).is_none(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

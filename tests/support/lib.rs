@@ -65,6 +65,7 @@ pub fn subscriber(user: UserId, college: Option<CollegeId>) -> Subscriber {
     Subscriber {
         user_id: user,
         college_id: college,
+        device: None,
     }
 }
 

@@ -80,15 +80,35 @@ impl Queue {
 
     /// Removes and returns up to a batch of live events, oldest first.
     fn take_batch(&mut self, now: Instant) -> Vec<Event> {
-        let mut batch = Vec::new();
-        while batch.len() < MAX_BATCH {
-            match self.messages.pop_front() {
-                Some(stored) if stored.expires_at > now => batch.push(stored.event),
-                Some(_expired) => continue,
-                None => break,
-            }
+        self.drop_expired(now);
+        let count = self.messages.len().min(MAX_BATCH);
+        self.messages
+            .drain(..count)
+            .map(|stored| stored.event)
+            .collect()
+    }
+
+    /// Cursor mode: removes the events up to and including the first with id `acked`
+    /// (nothing if none has it), then returns up to a batch of the rest, leaving them
+    /// queued.
+    fn ack_and_peek(&mut self, acked: Option<&str>, now: Instant) -> Vec<Event> {
+        self.drop_expired(now);
+        if let Some(position) = acked.and_then(|acked| {
+            self.messages
+                .iter()
+                .position(|stored| stored.event.id == acked)
+        }) {
+            self.messages.drain(..=position);
         }
-        batch
+        self.messages
+            .iter()
+            .take(MAX_BATCH)
+            .map(|stored| stored.event.clone())
+            .collect()
+    }
+
+    fn drop_expired(&mut self, now: Instant) {
+        self.messages.retain(|stored| stored.expires_at > now);
     }
 }
 
@@ -173,6 +193,52 @@ impl MemoryBroker {
     }
 }
 
+impl MemoryBroker {
+    /// Declares the subscriber's queue and, counted as its consumer, looks at it with
+    /// `look` until that finds events (at once, or each time a publish wakes us) or the
+    /// deadline passes.
+    async fn wait_until(
+        &self,
+        subscriber: &Subscriber,
+        deadline: Instant,
+        mut look: impl FnMut(&mut Queue, Instant) -> Vec<Event>,
+    ) -> Result<Vec<Event>, BrokerError> {
+        let name = subscriber.queue_name();
+        let arrivals = {
+            let mut state = self.state();
+            state.sweep(Instant::now());
+            let queue = state.declare(subscriber, Instant::now());
+            queue.consumers += 1;
+            queue.arrivals.clone()
+        };
+        let _consumer = ConsumerGuard {
+            broker: self,
+            queue: name.clone(),
+        };
+        loop {
+            // Register for the wake-up before looking, so a publish between the look
+            // and the wait is not missed.
+            let arrival = arrivals.notified();
+            tokio::pin!(arrival);
+            arrival.as_mut().enable();
+            let batch = {
+                let mut state = self.state();
+                let queue = state
+                    .queues
+                    .get_mut(&name)
+                    .expect("a queue with consumers never expires");
+                look(queue, Instant::now())
+            };
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            if timeout_at(deadline, arrival).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+}
+
 /// Counts a waiting poll as a consumer for as long as it waits, however it ends.
 struct ConsumerGuard<'a> {
     broker: &'a MemoryBroker,
@@ -240,38 +306,22 @@ impl Broker for MemoryBroker {
         subscriber: &Subscriber,
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
-        let arrivals = {
-            let mut state = self.state();
-            state.sweep(Instant::now());
-            let queue = state.declare(subscriber, Instant::now());
-            queue.consumers += 1;
-            queue.arrivals.clone()
-        };
-        let _consumer = ConsumerGuard {
-            broker: self,
-            queue: subscriber.queue_name(),
-        };
-        loop {
-            // Register for the wake-up before looking, so a publish between the look
-            // and the wait is not missed.
-            let arrival = arrivals.notified();
-            tokio::pin!(arrival);
-            arrival.as_mut().enable();
-            let batch = {
-                let mut state = self.state();
-                let queue = state
-                    .queues
-                    .get_mut(&subscriber.queue_name())
-                    .expect("a queue with consumers never expires");
-                queue.take_batch(Instant::now())
-            };
-            if !batch.is_empty() {
-                return Ok(batch);
-            }
-            if timeout_at(deadline, arrival).await.is_err() {
-                return Ok(Vec::new());
-            }
-        }
+        self.wait_until(subscriber, deadline, |queue, now| queue.take_batch(now))
+            .await
+    }
+
+    async fn wait_with_cursor(
+        &self,
+        subscriber: &Subscriber,
+        acked: &str,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError> {
+        // The acknowledged prefix goes on the first look only.
+        let mut acked = Some(acked);
+        self.wait_until(subscriber, deadline, |queue, now| {
+            queue.ack_and_peek(acked.take(), now)
+        })
+        .await
     }
 
     async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {

@@ -71,6 +71,21 @@ pub trait Broker: Send + Sync + 'static {
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError>;
 
+    /// Cursor mode (`?ack=`): first removes the queued events up to and including the
+    /// one whose id is `acked`, the last event the client received (nothing when no
+    /// queued event has that id, e.g. on the first poll, where it is empty); then
+    /// answers as [`Broker::wait_for_events`] does, except that the returned events
+    /// stay queued, in order, until a later poll acknowledges them. A response that is
+    /// lost therefore costs nothing: the next poll names an older id and gets the same
+    /// events again. All the state is in the queue, so consecutive polls may be served
+    /// by different processes.
+    async fn wait_with_cursor(
+        &self,
+        subscriber: &Subscriber,
+        acked: &str,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError>;
+
     /// Marks the user online for the presence TTL from now.
     async fn mark_online(&self, user: UserId) -> Result<(), BrokerError>;
 

@@ -23,7 +23,8 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions,
-        BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicPublishOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
     },
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable},
@@ -40,8 +41,8 @@ use crate::{
     config::Config,
     event::{Event, epoch_seconds},
     topology::{
-        MAX_BATCH, QueueArgument, Subscriber, UserId, millis, presence_queue_arguments,
-        presence_queue_name, user_queue_arguments,
+        MAX_BATCH, MAX_QUEUE_LENGTH, QueueArgument, Subscriber, UserId, millis,
+        presence_queue_arguments, presence_queue_name, user_queue_arguments,
     },
 };
 
@@ -265,43 +266,146 @@ impl RabbitBroker {
         consumer
     }
 
-    /// Stops the consumer, collects deliveries that raced with the stop, tops the batch
-    /// up from the queue and acks everything collected.
-    async fn finish_wait(
+    /// Waits on the subscriber's queue until a message arrives (or `deadline`), then
+    /// stops the consumer, collects the deliveries that raced with the stop and tops
+    /// the batch up to `limit` with what else is queued. Nothing is settled yet: the
+    /// caller acks or requeues each delivery with [`Self::settle`].
+    async fn take(
         &self,
-        channel: &Channel,
-        consumer: &mut lapin::Consumer,
-        consumer_ended: bool,
-        queue: &str,
-        deliveries: &mut Vec<Delivery>,
-    ) -> lapin::Result<()> {
-        if !consumer_ended {
-            channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await?;
-            // Deliveries sent before cancel-ok are ours; the stream ends after them.
-            while let Some(delivery) = consumer.next().await {
-                deliveries.push(delivery?);
+        subscriber: &Subscriber,
+        deadline: Instant,
+        limit: usize,
+    ) -> Result<Taken, BrokerError> {
+        let queue = subscriber.queue_name();
+        let keys = subscriber.routing_keys();
+        let (lane, mut consumer) = self
+            .run("poll set-up", deadline, |lane| {
+                let (queue, keys) = (&queue, &keys);
+                async move {
+                    let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
+                    Ok((lane, consumer))
+                }
+            })
+            .await?;
+
+        let mut deliveries = Vec::new();
+        let mut consumer_ended = false;
+        match timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => deliveries.push(delivery),
+            // The channel or connection died mid-hold; the broker requeues what it had sent.
+            Ok(Some(Err(error))) => {
+                self.forget_declared(&queue);
+                return Err(failed("poll", error));
+            }
+            // The broker cancelled the consumer (the queue was deleted).
+            Ok(None) => {
+                consumer_ended = true;
+                self.forget_declared(&queue);
+            }
+            Err(_hold_over) => {}
+        }
+        let collect = collect_rest(
+            &lane.channel,
+            &mut consumer,
+            consumer_ended,
+            &queue,
+            &mut deliveries,
+            limit,
+        );
+        match timeout_at(Instant::now() + CLEANUP_BUDGET, collect).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(failed("poll", error)),
+            Err(_) => {
+                poison(lane.channel.clone());
+                return Err(BrokerError::Timeout("poll clean-up"));
             }
         }
-        if !deliveries.is_empty() {
-            while deliveries.len() < MAX_BATCH {
-                match channel
-                    .basic_get(queue.into(), BasicGetOptions::default())
-                    .await?
-                {
-                    Some(message) => deliveries.push(message.delivery),
-                    None => break,
+        Ok(Taken {
+            lane,
+            queue,
+            deliveries,
+        })
+    }
+
+    /// Acks (removes) each delivery of `taken` for which `remove` says so and requeues
+    /// the others, which go back to their places at the head of the queue.
+    async fn settle(
+        &self,
+        taken: &Taken,
+        remove: impl Fn(usize) -> bool,
+    ) -> Result<(), BrokerError> {
+        // One settlement each: delivery tags are per channel and lanes are shared, so a
+        // `multiple` ack could take other polls' deliveries with it.
+        let settle = async {
+            for (index, delivery) in taken.deliveries.iter().enumerate() {
+                if remove(index) {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                } else {
+                    let requeue = BasicRejectOptions { requeue: true };
+                    delivery.acker.reject(requeue).await?;
                 }
             }
+            Ok(())
+        };
+        match timeout_at(Instant::now() + CLEANUP_BUDGET, settle).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(failed("poll", error)),
+            Err(_) => {
+                // Closing the channel requeues whatever is still unacked.
+                poison(taken.lane.channel.clone());
+                Err(BrokerError::Timeout("poll clean-up"))
+            }
         }
-        // One ack each: delivery tags are per channel and lanes are shared, so a
-        // `multiple` ack could take other polls' deliveries with it.
-        for delivery in deliveries.iter() {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-        }
-        Ok(())
     }
+}
+
+/// Deliveries taken from a queue and not yet settled, and the lane they came on (acks
+/// must go back on the same channel).
+struct Taken {
+    lane: Lane,
+    queue: String,
+    deliveries: Vec<Delivery>,
+}
+
+impl Taken {
+    fn events(&self) -> impl Iterator<Item = Option<Event>> + '_ {
+        self.deliveries
+            .iter()
+            .map(|delivery| decode(&self.queue, delivery))
+    }
+}
+
+/// Stops the consumer, collects deliveries that raced with the stop and, if the wait
+/// ended with a delivery, tops the batch up to `limit` from the queue.
+async fn collect_rest(
+    channel: &Channel,
+    consumer: &mut lapin::Consumer,
+    consumer_ended: bool,
+    queue: &str,
+    deliveries: &mut Vec<Delivery>,
+    limit: usize,
+) -> lapin::Result<()> {
+    if !consumer_ended {
+        channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await?;
+        // Deliveries sent before cancel-ok are ours; the stream ends after them.
+        while let Some(delivery) = consumer.next().await {
+            deliveries.push(delivery?);
+        }
+    }
+    if !deliveries.is_empty() {
+        while deliveries.len() < limit {
+            match channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await?
+            {
+                Some(message) => deliveries.push(message.delivery),
+                None => break,
+            }
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -359,53 +463,42 @@ impl Broker for RabbitBroker {
         subscriber: &Subscriber,
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
-        let queue = subscriber.queue_name();
-        let keys = subscriber.routing_keys();
-        let (lane, mut consumer) = self
-            .run("poll set-up", deadline, |lane| {
-                let (queue, keys) = (&queue, &keys);
-                async move {
-                    let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
-                    Ok((lane, consumer))
-                }
-            })
-            .await?;
+        let taken = self.take(subscriber, deadline, MAX_BATCH).await?;
+        self.settle(&taken, |_| true).await?;
+        // A message that is not an event was acked too: left in the queue it would
+        // block every later poll.
+        Ok(taken.events().flatten().collect())
+    }
 
-        let mut deliveries = Vec::new();
-        let mut consumer_ended = false;
-        match timeout_at(deadline, consumer.next()).await {
-            Ok(Some(Ok(delivery))) => deliveries.push(delivery),
-            // The channel or connection died mid-hold; the broker requeues what it had sent.
-            Ok(Some(Err(error))) => {
-                self.forget_declared(&queue);
-                return Err(failed("poll", error));
-            }
-            // The broker cancelled the consumer (the queue was deleted).
-            Ok(None) => {
-                consumer_ended = true;
-                self.forget_declared(&queue);
-            }
-            Err(_hold_over) => {}
-        }
-        let cleanup = self.finish_wait(
-            &lane.channel,
-            &mut consumer,
-            consumer_ended,
-            &queue,
-            &mut deliveries,
-        );
-        match timeout_at(Instant::now() + CLEANUP_BUDGET, cleanup).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(failed("poll", error)),
-            Err(_) => {
-                poison(lane.channel.clone());
-                return Err(BrokerError::Timeout("poll clean-up"));
+    async fn wait_with_cursor(
+        &self,
+        subscriber: &Subscriber,
+        acked: &str,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError> {
+        let mut acked = Some(acked);
+        loop {
+            // The whole queue (it keeps at most 100) plus what arrives while we read it.
+            let taken = self
+                .take(subscriber, deadline, MAX_QUEUE_LENGTH + MAX_BATCH)
+                .await?;
+            let events: Vec<Option<Event>> = taken.events().collect();
+            // The acknowledged prefix goes; on later rounds nothing is acknowledged.
+            let acked_through = acked.take().and_then(|acked| {
+                events
+                    .iter()
+                    .position(|event| event.as_ref().is_some_and(|event| event.id == acked))
+            });
+            let prefix = acked_through.map_or(0, |position| position + 1);
+            // A message that is not an event goes wherever it is: requeued, it would
+            // come back on every poll.
+            self.settle(&taken, |index| index < prefix || events[index].is_none())
+                .await?;
+            let kept: Vec<Event> = events.into_iter().skip(prefix).flatten().collect();
+            if !kept.is_empty() || Instant::now() >= deadline {
+                return Ok(kept.into_iter().take(MAX_BATCH).collect());
             }
         }
-        Ok(deliveries
-            .iter()
-            .filter_map(|delivery| decode(&queue, delivery))
-            .collect())
     }
 
     async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
