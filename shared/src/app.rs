@@ -31,11 +31,12 @@ impl App {
         })
     }
 
-    /// The Lambda set-up: configuration from the environment and RabbitMQ, connected
-    /// lazily on the first request (so a cold start never waits for the broker, and a
-    /// broker outage is a 503 rather than a crash loop).
-    pub fn from_env(function: &str) -> Result<Self, ConfigError> {
-        let config = Config::from_env(function)?;
+    /// The Lambda set-up: configuration from the environment (and Secrets Manager, see
+    /// [`Config::load`]) and RabbitMQ, connected lazily on the first request (so a cold
+    /// start never waits for the broker, and a broker outage is a 503 rather than a
+    /// crash loop).
+    pub async fn load(function: &str) -> Result<Self, ConfigError> {
+        let config = Config::load(function).await?;
         let broker = Arc::new(RabbitBroker::new(&config));
         Self::new(config, broker)
     }

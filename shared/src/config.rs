@@ -62,6 +62,20 @@ impl Config {
         Self::from_lookup(function, |name| env::var(name).ok())
     }
 
+    /// The configuration of a deployed function: the environment, with `AMQP_URL` and
+    /// `JWT_SECRET` taken from AWS Secrets Manager when `AMQP_SECRET_ARN` /
+    /// `JWT_SECRET_ARN` are set (see [`crate::secrets`]). Call once per cold start.
+    pub async fn load(function: &str) -> Result<Self, ConfigError> {
+        let environment = |name: &str| env::var(name).ok();
+        let from_secrets = crate::secrets::fetch(&environment).await?;
+        Self::from_lookup(function, |name| {
+            from_secrets
+                .get(name)
+                .cloned()
+                .or_else(|| environment(name))
+        })
+    }
+
     /// Reads the configuration through `lookup`, so tests need not touch the process
     /// environment.
     pub fn from_lookup(

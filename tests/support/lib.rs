@@ -1,13 +1,14 @@
 //! Helpers shared by the integration tests.
 //!
 //! [`scenario`] is the end-to-end walk over real HTTP that the local server (on both
-//! brokers) and `cargo lambda watch` must all pass.
+//! brokers) and `cargo lambda watch` must all pass; [`watch`] starts `cargo lambda watch`.
 //!
 //! Every test uses its own random user and college ids, so tests run in parallel on the
 //! one shared broker without seeing each other's events, and leave only queues that
 //! expire on their own.
 
 pub mod scenario;
+pub mod watch;
 
 use std::{process::Command, sync::Arc, time::Duration};
 

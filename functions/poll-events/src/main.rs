@@ -3,6 +3,6 @@ use lambda_http::{Error, run, service_fn};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     longpoll::telemetry::init();
-    let app = longpoll::App::from_env("poll-events")?;
+    let app = longpoll::App::load("poll-events").await?;
     run(service_fn(|request| poll_events::handle(&app, request))).await
 }

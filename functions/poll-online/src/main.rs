@@ -3,6 +3,6 @@ use lambda_http::{Error, run, service_fn};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     longpoll::telemetry::init();
-    let app = longpoll::App::from_env("poll-online")?;
+    let app = longpoll::App::load("poll-online").await?;
     run(service_fn(|request| poll_online::handle(&app, request))).await
 }

@@ -36,9 +36,10 @@ impl Publisher {
         })
     }
 
-    /// The Lambda set-up: configuration from the environment, RabbitMQ connected lazily.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let config = Config::from_env("publish-event")?;
+    /// The Lambda set-up: configuration from the environment (and Secrets Manager, see
+    /// [`Config::load`]), RabbitMQ connected lazily.
+    pub async fn load() -> Result<Self, ConfigError> {
+        let config = Config::load("publish-event").await?;
         Self::new(&config, Arc::new(RabbitBroker::new(&config)))
     }
 }

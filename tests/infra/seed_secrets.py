@@ -1,0 +1,18 @@
+"""Creates the two secrets a deployed function reads, in a Secrets Manager at
+AWS_ENDPOINT_URL (moto's server in tests/secrets.rs), and prints their ARNs as JSON.
+
+    python seed_secrets.py NAME_PREFIX BROKER_SECRET JWT_SECRET
+"""
+
+import json
+import os
+import sys
+
+import boto3
+
+prefix, broker_secret, jwt_secret = sys.argv[1:4]
+# Endpoint and keys from the environment; botocore reads AWS_DEFAULT_REGION, not AWS_REGION.
+client = boto3.client("secretsmanager", region_name=os.environ["AWS_REGION"])
+broker = client.create_secret(Name=f"{prefix}/amqp", SecretString=broker_secret)
+jwt = client.create_secret(Name=f"{prefix}/jwt", SecretString=jwt_secret)
+print(json.dumps({"amqp": broker["ARN"], "jwt": jwt["ARN"]}))

@@ -1,0 +1,132 @@
+//! The Secrets Manager path end to end, as deployed: a local Secrets Manager API (moto's
+//! server on loopback) holds the broker credentials and the JWT key; the functions run
+//! under `cargo lambda watch` with the ARNs and `AWS_ENDPOINT_URL` set, and the
+//! environment's own `AMQP_URL` carries wrong credentials, so a poll that succeeds proves
+//! both secrets were read.
+//!
+//! Needs moto and boto3 (`tests/infra/requirements.txt`, installed by `scripts/test`
+//! into the venv `LONGPOLL_PYTHON` points at) and `cargo lambda`.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use longpoll::token::TokenIssuer;
+use longpoll_tests::{unique_name, unique_user, watch::Watch};
+use serde_json::Value;
+use tokio::time::Instant;
+
+fn python() -> String {
+    std::env::var("LONGPOLL_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// moto's server, stopped when dropped.
+struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const AWS_ENVIRONMENT: [(&str, &str); 3] = [
+    ("AWS_REGION", "eu-west-1"),
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+];
+
+async fn start_moto() -> (Moto, String) {
+    let port = longpoll_tests::watch::free_port();
+    let moto = Moto(
+        Command::new(python())
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python with moto (pip install -r tests/infra/requirements.txt)"),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while reqwest::get(format!("{endpoint}/moto-api/")).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "moto's server did not start (pip install -r tests/infra/requirements.txt)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (moto, endpoint)
+}
+
+/// Creates the two secrets and returns their ARNs (broker, JWT).
+fn seed_secrets(endpoint: &str, broker_secret: &str, jwt_secret: &str) -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/seed_secrets.py");
+    let output = Command::new(python())
+        .args([script, &unique_name("longpoll"), broker_secret, jwt_secret])
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .envs(AWS_ENVIRONMENT)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "seed_secrets.py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let arns: Value = serde_json::from_slice(&output.stdout).expect("JSON ARNs");
+    (
+        arns["amqp"].as_str().unwrap().to_owned(),
+        arns["jwt"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_read_the_broker_and_jwt_secrets_from_secrets_manager() {
+    let (_moto, endpoint) = start_moto().await;
+    let jwt_secret = format!("from-secrets-manager-{}", unique_name("jwt"));
+    // What Amazon MQ's generated secret holds: credentials, with the endpoint beside it.
+    let (amqp_arn, jwt_arn) = seed_secrets(
+        &endpoint,
+        r#"{"username": "guest", "password": "guest"}"#,
+        &jwt_secret,
+    );
+
+    let mut env = vec![
+        ("AMQP_SECRET_ARN", amqp_arn.as_str()),
+        ("JWT_SECRET_ARN", jwt_arn.as_str()),
+        // The endpoint, with credentials the broker refuses: only the secret's work.
+        ("AMQP_URL", "amqp://nobody:wrong@127.0.0.1:5672/%2f"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    env.extend(AWS_ENVIRONMENT);
+    let watch = Watch::start(&env, &[]).await;
+
+    let user = unique_user();
+    let client = reqwest::Client::new();
+    let poll = |secret: &str| {
+        let token =
+            TokenIssuer::new(secret.as_bytes()).mint(user, None, None, Duration::from_secs(60));
+        client
+            .get(watch.url("poll/events/"))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(300))
+            .send()
+    };
+    // The first poll starts the function, which reads both secrets at its cold start.
+    let response = poll(&jwt_secret).await.expect("an answer");
+    let status = response.status();
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"], serde_json::json!([]));
+
+    // The development key the router's env sets is no longer the one in use.
+    let refused = poll(longpoll::config::DEV_JWT_SECRET).await.unwrap();
+    assert_eq!(refused.status(), 401);
+}
