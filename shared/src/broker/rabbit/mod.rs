@@ -30,7 +30,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use tokio::{
-    sync::Semaphore,
+    sync::{Semaphore, oneshot},
     time::{Instant, timeout_at},
 };
 use tracing::warn;
@@ -165,14 +165,13 @@ impl RabbitBroker {
                 Err(_) => BrokerError::Timeout(name),
                 Ok(Err(error)) => failed(name, error),
                 Ok(Ok(lane)) => {
-                    let channel = lane.channel.clone();
                     match timeout_at(step_deadline, operation(lane)).await {
                         Ok(Ok(value)) => return Ok(value),
                         Ok(Err(error)) => failed(name, error),
                         Err(_) => {
-                            // Abandoned midway: a reply may still come and, for a
-                            // consume, leave a consumer nobody reads. Close the lane.
-                            poison(channel);
+                            // Abandoned midway. A late reply is harmless (a consume
+                            // gives its consumer back by itself, see start_consumer);
+                            // closing the lane would end every poll held on it.
                             // Nothing else in flight yet no answer: the socket is likely
                             // half-open (a frozen Lambda thawed). Under load a slow answer
                             // says nothing about the connection, which heartbeats watch.
@@ -251,14 +250,25 @@ impl RabbitBroker {
                     .await?;
             }
         }
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await;
+        // The consume runs in a task of its own: if this poll stops waiting for
+        // consume-ok (its set-up timed out under load), the task still gets the consumer
+        // and gives it back, so no consumer is left holding messages nobody reads.
+        let (handover, handed) = oneshot::channel();
+        let (channel, queue_name) = (channel.clone(), queue.to_owned());
+        tokio::spawn(async move {
+            let consumer = channel
+                .basic_consume(
+                    queue_name.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            if let Err(Ok(unwanted)) = handover.send(consumer) {
+                release(channel, unwanted, Vec::new());
+            }
+        });
+        let consumer = handed.await.expect("the consume task always hands over");
         match &consumer {
             Ok(_) => self.remember_declared(queue, keys),
             Err(_) => self.forget_declared(queue),
@@ -316,7 +326,8 @@ impl RabbitBroker {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(failed("poll", error)),
             Err(_) => {
-                poison(lane.channel.clone());
+                // The poll answers 503; what it took goes back to the queue.
+                release(lane.channel.clone(), consumer, deliveries);
                 return Err(BrokerError::Timeout("poll clean-up"));
             }
         }
@@ -357,6 +368,37 @@ impl RabbitBroker {
             }
         }
     }
+}
+
+/// Most time a released consumer gets to stop and give its messages back before its
+/// channel is closed instead (which also gives them back, but ends the lane's polls).
+const RELEASE_BUDGET: Duration = Duration::from_secs(30);
+
+/// Gives back, in the background, a consumer that no poll will read: cancels it and
+/// requeues what it delivered, with `deliveries` already taken from it. Closing the
+/// shared lane would do the same but also end every other poll held on it, so that is
+/// only the last resort, for a channel the broker no longer answers on.
+fn release(channel: Channel, mut consumer: lapin::Consumer, mut deliveries: Vec<Delivery>) {
+    tokio::spawn(async move {
+        let give_back = async {
+            // A consumer already cancelled refuses a second cancel; its stream has
+            // ended, so the drain below finishes at once.
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            while let Some(delivery) = consumer.next().await {
+                deliveries.push(delivery?);
+            }
+            for delivery in &deliveries {
+                let requeue = BasicRejectOptions { requeue: true };
+                delivery.acker.reject(requeue).await?;
+            }
+            lapin::Result::Ok(())
+        };
+        if !matches!(tokio::time::timeout(RELEASE_BUDGET, give_back).await, Ok(Ok(()))) {
+            poison(channel);
+        }
+    });
 }
 
 /// Deliveries taken from a queue and not yet settled, and the lane they came on (acks
