@@ -33,11 +33,10 @@ async fn wait_until_closed(name: &str) {
     panic!("connection {name} is still open");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_next_poll_after_a_closed_connection_works() {
+async fn the_next_poll_after_a_closed_connection_works(make: MakeBroker) {
     let name = unique_name("reconnect");
     let config = config(&name);
-    let app = app(config.clone(), rabbit(&config), Duration::from_millis(500));
+    let app = app(config.clone(), make(&config), Duration::from_millis(500));
     let producer = rabbit(&longpoll_tests::config(&unique_name("reconnect-producer")));
     let user = subscriber(unique_user(), None);
     let token = token(user.user_id, None);
@@ -62,13 +61,12 @@ async fn the_next_poll_after_a_closed_connection_works() {
     assert_eq!(listing.matches(&name).count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing() {
+async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(make: MakeBroker) {
     let name = unique_name("reconnect");
     let config = config(&name);
     let app = app(
         config.clone(),
-        rabbit(&config),
+        make(&config),
         std::time::Duration::from_secs(5),
     );
     let producer = rabbit(&longpoll_tests::config(&unique_name("reconnect-producer")));
@@ -101,4 +99,35 @@ async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing() {
     let response = poll_as(&app, &token).await;
     assert_eq!(response.status(), 200);
     assert_eq!(json_of(&response)["events"][0]["data"]["id"], 2);
+}
+
+/// The broker closing the connection only concerns RabbitMQ: with one consumer per poll
+/// and with lingering consumers (the local server's), whose buffered events the broker
+/// must requeue.
+mod rabbitmq {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_poll_after_a_closed_connection_works() {
+        super::the_next_poll_after_a_closed_connection_works(longpoll_tests::rabbit).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing() {
+        super::a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(
+            longpoll_tests::rabbit,
+        )
+        .await
+    }
+}
+
+mod rabbitmq_lingering {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_poll_after_a_closed_connection_works() {
+        super::the_next_poll_after_a_closed_connection_works(longpoll_tests::rabbit_lingering).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing() {
+        super::a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(
+            longpoll_tests::rabbit_lingering,
+        )
+        .await
+    }
 }

@@ -46,8 +46,10 @@ pub struct Options {
     publish_key: String,
 }
 
-/// Event id → when it was published, filled by the publisher and drained by the polls.
-type Pending = Arc<Mutex<HashMap<String, Instant>>>;
+/// Event sequence number (its `data.sender_id`) → when its publish was sent; filled by
+/// the publisher before sending (a poll may answer before the publish reply arrives)
+/// and drained by the polls.
+type Pending = Arc<Mutex<HashMap<u64, Instant>>>;
 
 pub async fn run(options: Options) {
     let client = reqwest::Client::builder()
@@ -101,17 +103,34 @@ pub async fn run(options: Options) {
                         let body: Value = response.json().await.unwrap_or_default();
                         let now = Instant::now();
                         for event in body["events"].as_array().into_iter().flatten() {
-                            if let Some(published) = event["id"]
-                                .as_str()
-                                .and_then(|id| pending.lock().unwrap().remove(id))
+                            if let Some(published) = event["data"]["sender_id"]
+                                .as_u64()
+                                .and_then(|seq| pending.lock().unwrap().remove(&seq))
                             {
                                 latencies.lock().unwrap().push(now - published);
                             }
                         }
                     }
-                    _ => {
+                    other => {
                         errors.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        // Back off as a real client does: as long as `Retry-After` asks
+                        // (the 503 of a busy broker), else half a second, with jitter so
+                        // that users who failed together do not retry together.
+                        let retry_after = other
+                            .ok()
+                            .and_then(|response| {
+                                response
+                                    .headers()
+                                    .get("retry-after")?
+                                    .to_str()
+                                    .ok()?
+                                    .parse()
+                                    .ok()
+                            })
+                            .map_or(Duration::from_millis(500), Duration::from_secs);
+                        let jitter =
+                            rand_fraction(n as u64 + answered.load(Ordering::Relaxed) as u64);
+                        tokio::time::sleep(retry_after.mul_f64(0.5 + jitter)).await;
                     }
                 }
             }
@@ -152,20 +171,24 @@ pub async fn run(options: Options) {
             while steady_started.elapsed() < Duration::from_secs(seconds.saturating_sub(6)) {
                 tick.tick().await;
                 let user = base_user + (published * 7919) % polls;
-                let body = json!({"user_id": user, "event": "typing", "data": {"sender_id": 1, "is_typing": true}});
-                let sent = Instant::now();
-                let reply = match client
+                let body = json!({"user_id": user, "event": "message", "data": {"id": published, "sender_id": published, "sender_name": "bench", "message": "hello"}});
+                pending.lock().unwrap().insert(published, Instant::now());
+                let routed = match client
                     .post(&url)
                     .header("x-api-key", &key)
                     .json(&body)
                     .send()
                     .await
                 {
-                    Ok(response) => response.json::<Value>().await.unwrap_or_default(),
-                    Err(_) => Value::Null,
+                    Ok(response) => {
+                        response.json::<Value>().await.unwrap_or_default()["published"][0]["routed"]
+                            == true
+                    }
+                    Err(_) => false,
                 };
-                if let Some(id) = reply["published"][0]["id"].as_str() {
-                    pending.lock().unwrap().insert(id.to_owned(), sent);
+                if !routed {
+                    // Refused or not routed: not an event any poll could get.
+                    pending.lock().unwrap().remove(&published);
                 }
                 published += 1;
             }
@@ -284,4 +307,12 @@ fn max(values: &[usize]) -> usize {
 fn median(values: &mut [usize]) -> usize {
     values.sort();
     values.get(values.len() / 2).copied().unwrap_or(0)
+}
+
+/// A number in [0, 1) from `seed`, for jitter (SplitMix64; no dependency needed).
+fn rand_fraction(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as f64 / u64::MAX as f64
 }

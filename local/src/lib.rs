@@ -31,6 +31,11 @@ use longpoll::{
     routes::{ROUTES, Route},
 };
 use publish_event::Publisher;
+
+/// How long a user's consumer outlives their poll on RabbitMQ: longer than the gap
+/// between one poll's answer and the next poll (a few milliseconds for a live client,
+/// up to the client's back-off after an error).
+pub const CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(15);
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -63,7 +68,11 @@ impl Functions {
         }
         let broker: Arc<dyn Broker> = match kind {
             BrokerKind::Memory => Arc::new(MemoryBroker::new(config.presence_ttl)),
-            BrokerKind::RabbitMq => Arc::new(RabbitBroker::new(&config)),
+            // One long-running process serves every user here, so each user's consumer
+            // may outlive their poll: an idle re-poll then costs the broker nothing.
+            BrokerKind::RabbitMq => {
+                Arc::new(RabbitBroker::new(&config).with_lingering_consumers(CONSUMER_LINGER))
+            }
         };
         let publisher = Publisher::new(&config, broker.clone())?;
         let app = App::new(config, broker)?;

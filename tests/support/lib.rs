@@ -44,6 +44,11 @@ pub fn rabbit(config: &Config) -> Arc<dyn Broker> {
     Arc::new(RabbitBroker::new(config))
 }
 
+/// RabbitMQ with consumers that outlive their polls, as the local server runs it.
+pub fn rabbit_lingering(config: &Config) -> Arc<dyn Broker> {
+    Arc::new(RabbitBroker::new(config).with_lingering_consumers(Duration::from_secs(15)))
+}
+
 pub fn memory(config: &Config) -> Arc<dyn Broker> {
     Arc::new(MemoryBroker::new(config.presence_ttl))
 }
@@ -232,14 +237,19 @@ impl Fixture {
 /// Makes the broker a behaviour test runs on: [`rabbit`] or [`memory`].
 pub type MakeBroker = fn(&Config) -> Arc<dyn Broker>;
 
-/// Runs each named `async fn(MakeBroker)` twice: once on RabbitMQ (module `rabbitmq`)
-/// and once on the in-memory broker (module `memory`).
+/// Runs each named `async fn(MakeBroker)` three times: on RabbitMQ (module `rabbitmq`),
+/// on RabbitMQ with lingering consumers as the local server runs it (module
+/// `rabbitmq_lingering`), and on the in-memory broker (module `memory`).
 #[macro_export]
 macro_rules! on_both_brokers {
     ($($behaviour:ident),* $(,)?) => {
         mod rabbitmq {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $behaviour() { super::$behaviour(longpoll_tests::rabbit).await })*
+        }
+        mod rabbitmq_lingering {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() { super::$behaviour(longpoll_tests::rabbit_lingering).await })*
         }
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]

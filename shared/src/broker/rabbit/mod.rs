@@ -12,9 +12,15 @@
 //! If anything fails before the acks, the broker requeues the unacked messages when
 //! the channel closes: a failed poll loses nothing.
 
+mod linger;
 mod session;
 
-use std::{collections::HashMap, future::Future, sync::Mutex as SyncMutex, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex as SyncMutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use futures_lite::StreamExt;
@@ -35,7 +41,10 @@ use tokio::{
 };
 use tracing::warn;
 
-use self::session::{Connector, Lane, poison};
+use self::{
+    linger::Subscriptions,
+    session::{Connector, Lane, poison},
+};
 use super::{Broker, BrokerError, Publication, Receipt};
 use crate::{
     config::Config,
@@ -67,6 +76,12 @@ pub struct RabbitBroker {
     /// Bounds the operations in flight on the connection (held polls are not counted
     /// once set up).
     turns: Semaphore,
+    /// Consumers kept between polls ([`linger`]); `None` (the default, and on Lambda):
+    /// one consumer per poll.
+    subscriptions: Option<Arc<Subscriptions>>,
+    /// With lingering consumers: user → when this process is next due to re-declare
+    /// their presence queue (a tenth to a fifth of its TTL after the last declare).
+    presence_declared: Option<SyncMutex<HashMap<UserId, Instant>>>,
 }
 
 impl RabbitBroker {
@@ -83,6 +98,95 @@ impl RabbitBroker {
             presence_ttl: config.presence_ttl,
             declared: SyncMutex::default(),
             turns: Semaphore::new(MAX_OPERATIONS_IN_FLIGHT),
+            subscriptions: None,
+            presence_declared: None,
+        }
+    }
+
+    /// For a long-running server that alone serves its users (the local server), not
+    /// for Lambda. Keeps each user's consumer for `linger` after their poll ends, so that
+    /// a re-poll costs the broker no consume and cancel (see [`linger`]), and re-declares
+    /// a user's presence queue every tenth to fifth of its TTL (at random, so that users
+    /// who came together do not all refresh together) rather than on every poll: it then
+    /// lapses 80 to 100 % of the TTL after the last poll. A disconnect through this
+    /// process still ends it at once, and the next poll declares it again.
+    pub fn with_lingering_consumers(mut self, linger: Duration) -> Self {
+        self.subscriptions = Some(Arc::new(Subscriptions::new(linger)));
+        self.presence_declared = Some(SyncMutex::default());
+        self
+    }
+
+    /// Whether this process declared `user`'s presence recently enough to skip it.
+    fn presence_fresh(&self, user: UserId) -> bool {
+        let Some(declared) = &self.presence_declared else {
+            return false;
+        };
+        let mut declared = declared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if declared.len() >= 100_000 {
+            declared.retain(|_, due| *due > now);
+        }
+        declared.get(&user).is_some_and(|due| *due > now)
+    }
+
+    fn note_presence(&self, user: UserId, online: bool) {
+        if let Some(declared) = &self.presence_declared {
+            let mut declared = declared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if online {
+                let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
+                let refresh = self.presence_ttl.mul_f64(0.1 + 0.1 * jitter);
+                declared.insert(user, Instant::now() + refresh);
+            } else {
+                declared.remove(&user);
+            }
+        }
+    }
+
+    /// A guide-mode poll through a lingering consumer: attach to the queue's consumer
+    /// (starting one if there is none) and take what it has buffered or receives.
+    async fn wait_lingering(
+        &self,
+        subscriptions: &Arc<Subscriptions>,
+        subscriber: &Subscriber,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError> {
+        let queue = subscriber.queue_name();
+        let keys = subscriber.routing_keys();
+        let key = format!("{queue} {}", keys.join(" "));
+        let attached = loop {
+            if let Some(attached) = subscriptions.attach(&key) {
+                break attached;
+            }
+            let (lane, consumer) = self
+                .run("poll set-up", deadline, |lane| {
+                    let (queue, keys) = (&queue, &keys);
+                    async move {
+                        let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
+                        Ok((lane, consumer))
+                    }
+                })
+                .await?;
+            if let Some(attached) = subscriptions.insert(key.clone(), lane, consumer) {
+                break attached;
+            }
+        };
+        match attached.take(deadline).await {
+            Ok(linger::Taken::Deliveries(deliveries)) => Ok(deliveries
+                .iter()
+                .filter_map(|delivery| decode(&queue, delivery))
+                .collect()),
+            Ok(linger::Taken::Ended) => {
+                self.forget_declared(&queue);
+                Ok(Vec::new())
+            }
+            Err(error) => {
+                self.forget_declared(&queue);
+                Err(error)
+            }
         }
     }
 
@@ -395,7 +499,10 @@ fn release(channel: Channel, mut consumer: lapin::Consumer, mut deliveries: Vec<
             }
             lapin::Result::Ok(())
         };
-        if !matches!(tokio::time::timeout(RELEASE_BUDGET, give_back).await, Ok(Ok(()))) {
+        if !matches!(
+            tokio::time::timeout(RELEASE_BUDGET, give_back).await,
+            Ok(Ok(()))
+        ) {
             poison(channel);
         }
     });
@@ -505,6 +612,11 @@ impl Broker for RabbitBroker {
         subscriber: &Subscriber,
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
+        if let Some(subscriptions) = &self.subscriptions {
+            return self
+                .wait_lingering(subscriptions, subscriber, deadline)
+                .await;
+        }
         let taken = self.take(subscriber, deadline, MAX_BATCH).await?;
         self.settle(&taken, |_| true).await?;
         // A message that is not an event was acked too: left in the queue it would
@@ -544,6 +656,9 @@ impl Broker for RabbitBroker {
     }
 
     async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
+        if self.presence_fresh(user) {
+            return Ok(());
+        }
         let queue = presence_queue_name(user);
         let deadline = Instant::now() + self.connector.op_timeout;
         self.run("presence", deadline, |lane| {
@@ -561,10 +676,13 @@ impl Broker for RabbitBroker {
                     .map(drop)
             }
         })
-        .await
+        .await?;
+        self.note_presence(user, true);
+        Ok(())
     }
 
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
+        self.note_presence(user, false);
         let queue = presence_queue_name(user);
         let deadline = Instant::now() + self.connector.op_timeout;
         self.run("presence", deadline, |lane| {

@@ -1,0 +1,330 @@
+//! Lingering consumers, for long-running servers (the local server), never for Lambda.
+//!
+//! A user re-polls as soon as a poll answers, so starting and cancelling a consumer for
+//! every poll costs the broker two operations per user every 5.5 s, which is what
+//! limits how many held polls one broker sustains. Here a user's consumer outlives the
+//! poll: it stays registered for `linger` after the last poll ended, buffering (unacked,
+//! at most the prefetch of 100) what arrives meanwhile, and the next poll takes from the
+//! buffer at once. An idle re-poll then costs the broker nothing beyond presence.
+//!
+//! A lingering consumer that no poll comes back for is cancelled and what it buffered is
+//! requeued, in order, for whoever polls next; if the connection dies, the broker
+//! requeues it. So nothing is lost, but with several processes serving one queue a
+//! lingering consumer in one of them would hold events for up to `linger` while the
+//! user polls another: hence long-running, single-process servers only. Cursor mode
+//! (`?ack=`) requeues what it returns and does not use lingering consumers.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_lite::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicRejectOptions},
+};
+use tokio::{
+    sync::Notify,
+    time::{Instant, timeout_at},
+};
+
+use super::session::{Lane, poison};
+use crate::{
+    broker::BrokerError,
+    topology::{MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL},
+};
+
+/// The lingering consumers of one process, by queue and routing keys.
+pub(super) struct Subscriptions {
+    pub linger: Duration,
+    active: Mutex<HashMap<String, Arc<Subscription>>>,
+}
+
+/// One queue's consumer, shared by the polls on that queue.
+pub(super) struct Subscription {
+    state: Mutex<State>,
+    /// The consumer's channel, for topping a full buffer up with `basic.get`.
+    channel: lapin::Channel,
+    queue: String,
+    /// Woken when a delivery arrives or the consumer ends.
+    arrivals: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Deliveries not yet taken by a poll, with when each arrived.
+    buffered: VecDeque<(Delivery, SystemTime)>,
+    /// Polls attached right now.
+    waiters: usize,
+    last_detached: Option<Instant>,
+    /// The consumer is gone: `Some(None)` cancelled (queue deleted or lingered out),
+    /// `Some(Some(reason))` failed (channel or connection died).
+    ended: Option<Option<String>>,
+}
+
+/// What a poll attached to a subscription gets.
+pub(super) enum Taken {
+    Deliveries(Vec<Delivery>),
+    /// The consumer ended without a failure (the queue was deleted): an empty answer.
+    Ended,
+}
+
+impl Subscriptions {
+    pub fn new(linger: Duration) -> Self {
+        Self {
+            linger,
+            active: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Subscription>>> {
+        self.active
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The live subscription under `key`, attached (counted as a waiter) so that it
+    /// cannot linger out while the poll uses it.
+    pub fn attach(&self, key: &str) -> Option<Attached> {
+        let subscription = self.lock().get(key)?.clone();
+        subscription.attach().then_some(Attached(subscription))
+    }
+
+    /// Registers a new consumer under `key` and attaches to it, unless another poll
+    /// registered one first: then that one is used and `consumer` is given back.
+    pub fn insert(
+        self: &Arc<Self>,
+        key: String,
+        lane: Lane,
+        consumer: lapin::Consumer,
+    ) -> Option<Attached> {
+        let mut active = self.lock();
+        if let Some(existing) = active.get(&key).cloned() {
+            drop(active);
+            super::release(lane.channel.clone(), consumer, Vec::new());
+            return existing.attach().then_some(Attached(existing));
+        }
+        let subscription = Arc::new(Subscription {
+            state: Mutex::new(State::default()),
+            channel: lane.channel.clone(),
+            queue: key.split(' ').next().unwrap_or_default().to_owned(),
+            arrivals: Notify::new(),
+        });
+        subscription.attach();
+        active.insert(key.clone(), subscription.clone());
+        drop(active);
+        tokio::spawn(run(self.clone(), key, subscription.clone(), lane, consumer));
+        Some(Attached(subscription))
+    }
+
+    fn remove(&self, key: &str, subscription: &Arc<Subscription>) {
+        let mut active = self.lock();
+        if active
+            .get(key)
+            .is_some_and(|current| Arc::ptr_eq(current, subscription))
+        {
+            active.remove(key);
+        }
+    }
+}
+
+impl Subscription {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a poll in; false once the consumer has ended.
+    fn attach(&self) -> bool {
+        let mut state = self.state();
+        if state.ended.is_some() {
+            return false;
+        }
+        state.waiters += 1;
+        true
+    }
+}
+
+/// A poll attached to a subscription; detaches when dropped.
+pub(super) struct Attached(Arc<Subscription>);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.waiters -= 1;
+        state.last_detached = Some(Instant::now());
+    }
+}
+
+impl Attached {
+    /// The buffered deliveries (up to a batch), acked, as soon as there are some;
+    /// nothing at `deadline`.
+    ///
+    /// Two rules of the queue stop applying once the broker has delivered a message, so
+    /// they are applied here, to keep the behaviour of one consumer per poll: a message
+    /// past its time to live (a 10 s `typing` event) is dropped, and when the buffer is
+    /// full (the prefetch of 100) the rest is fetched from the queue and only the newest
+    /// 100 are kept, as `x-max-length` with `drop-head` would have.
+    pub async fn take(&self, deadline: Instant) -> Result<Taken, BrokerError> {
+        let subscription = &self.0;
+        loop {
+            // Register for the wake-up before looking, so an arrival in between counts.
+            let arrival = subscription.arrivals.notified();
+            tokio::pin!(arrival);
+            arrival.as_mut().enable();
+            let (mut batch, full): (Vec<(Delivery, SystemTime)>, bool) = {
+                let mut state = subscription.state();
+                let count = state.buffered.len().min(MAX_BATCH);
+                if count == 0 {
+                    match &state.ended {
+                        Some(None) => return Ok(Taken::Ended),
+                        Some(Some(reason)) => return Err(failed(reason.clone())),
+                        None => {}
+                    }
+                }
+                let full = state.buffered.len() >= MAX_BATCH;
+                (state.buffered.drain(..count).collect(), full)
+            };
+            if full {
+                while let Some(message) = subscription
+                    .channel
+                    .basic_get(
+                        subscription.queue.as_str().into(),
+                        BasicGetOptions::default(),
+                    )
+                    .await
+                    .map_err(|error| failed(error.to_string()))?
+                {
+                    batch.push((message.delivery, SystemTime::now()));
+                }
+            }
+            let now = SystemTime::now();
+            let overflow = batch.len().saturating_sub(MAX_QUEUE_LENGTH);
+            let mut kept = Vec::with_capacity(batch.len());
+            // One ack each: the lane is shared (see `settle`). If an ack fails the
+            // channel is gone and the broker requeues the batch: answer 503.
+            for (index, (delivery, arrived)) in batch.into_iter().enumerate() {
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|error| failed(error.to_string()))?;
+                if index >= overflow && !expired(&delivery, arrived, now) {
+                    kept.push(delivery);
+                }
+            }
+            if !kept.is_empty() {
+                return Ok(Taken::Deliveries(kept));
+            }
+            if timeout_at(deadline, arrival).await.is_err() {
+                return Ok(Taken::Deliveries(Vec::new()));
+            }
+        }
+    }
+}
+
+fn failed(reason: String) -> BrokerError {
+    BrokerError::Failed {
+        operation: "poll",
+        reason,
+    }
+}
+
+/// Whether a delivered message has outlived its time to live: its own `expiration`, or
+/// the queue's `x-message-ttl`, counted from when it was published: the earlier of when
+/// it arrived here and the end of the second its `timestamp` (whole seconds) names.
+fn expired(delivery: &Delivery, arrived: SystemTime, now: SystemTime) -> bool {
+    let properties = &delivery.properties;
+    let ttl = properties
+        .expiration()
+        .as_ref()
+        .and_then(|ms| ms.as_str().parse::<u64>().ok())
+        .map_or(QUEUE_MESSAGE_TTL, Duration::from_millis)
+        .min(QUEUE_MESSAGE_TTL);
+    let published = properties
+        .timestamp()
+        .map(|secs| UNIX_EPOCH + Duration::from_secs(secs + 1))
+        .map_or(arrived, |published| published.min(arrived));
+    now.duration_since(published).is_ok_and(|age| age >= ttl)
+}
+
+/// Feeds the subscription from its consumer until the consumer ends or lingers out.
+async fn run(
+    subscriptions: Arc<Subscriptions>,
+    key: String,
+    subscription: Arc<Subscription>,
+    lane: Lane,
+    mut consumer: lapin::Consumer,
+) {
+    let linger = subscriptions.linger;
+    let ended = loop {
+        let idle_check = tokio::time::sleep(linger / 2);
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    subscription.state().buffered.push_back((delivery, SystemTime::now()));
+                    subscription.arrivals.notify_waiters();
+                }
+                Some(Err(error)) => break Some(error.to_string()),
+                None => break None,
+            },
+            () = idle_check => {
+                let idle = {
+                    let mut state = subscription.state();
+                    let idle = state.waiters == 0
+                        && state.last_detached.is_some_and(|at| at.elapsed() >= linger);
+                    if idle {
+                        // From here no poll can attach.
+                        state.ended = Some(None);
+                    }
+                    idle
+                };
+                if idle {
+                    subscriptions.remove(&key, &subscription);
+                    give_back(&lane, consumer, &subscription).await;
+                    return;
+                }
+            }
+        }
+    };
+    subscriptions.remove(&key, &subscription);
+    {
+        let mut state = subscription.state();
+        state.ended = Some(ended);
+        // The broker requeues a dead channel's unacked deliveries itself; for a consumer
+        // the broker cancelled (queue deleted) they are gone with the queue.
+        state.buffered.clear();
+    }
+    subscription.arrivals.notify_waiters();
+}
+
+/// Cancels a lingered-out consumer and requeues what it buffered, in order.
+async fn give_back(lane: &Lane, mut consumer: lapin::Consumer, subscription: &Subscription) {
+    let channel = lane.channel.clone();
+    let done = async {
+        channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await?;
+        while let Some(delivery) = consumer.next().await {
+            subscription
+                .state()
+                .buffered
+                .push_back((delivery?, SystemTime::now()));
+        }
+        let buffered: Vec<_> = subscription.state().buffered.drain(..).collect();
+        for (delivery, _) in buffered {
+            let requeue = BasicRejectOptions { requeue: true };
+            delivery.acker.reject(requeue).await?;
+        }
+        lapin::Result::Ok(())
+    };
+    if !matches!(
+        tokio::time::timeout(super::RELEASE_BUDGET, done).await,
+        Ok(Ok(()))
+    ) {
+        poison(channel);
+    }
+}

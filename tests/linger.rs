@@ -1,0 +1,67 @@
+//! Lingering consumers (the local server's RabbitMQ mode): a user's consumer outlives
+//! their poll, and gives back what it holds when no poll comes for it.
+
+use std::{sync::Arc, time::Duration};
+
+use longpoll::{Broker, RabbitBroker, topology::Audience};
+use longpoll_tests::*;
+use tokio::time::Instant;
+
+const LINGER: Duration = Duration::from_secs(1);
+
+fn consumers_on(queue: &str) -> usize {
+    rabbitmqctl(&["list_consumers", "-q", "queue_name"])
+        .lines()
+        .filter(|line| line.trim() == queue)
+        .count()
+}
+
+/// Between polls the consumer stays (the re-poll costs no consume); an event that
+/// arrives then is answered at once by the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_outlives_the_poll() {
+    let config = config(&unique_name("linger"));
+    let broker: Arc<dyn Broker> =
+        Arc::new(RabbitBroker::new(&config).with_lingering_consumers(Duration::from_secs(30)));
+    let user = subscriber(unique_user(), None);
+    declare(&*broker, &user).await;
+    assert_eq!(consumers_on(&user.queue_name()), 1, "kept after the poll");
+
+    publish(&*broker, Audience::User(user.user_id), &message(1)).await;
+    let started = Instant::now();
+    let events = broker
+        .wait_for_events(&user, Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(events.iter().map(message_data_id).collect::<Vec<_>>(), [1]);
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert_eq!(consumers_on(&user.queue_name()), 1, "still one consumer");
+    broker.close().await;
+}
+
+/// When no poll comes back within the linger, the consumer is cancelled and what it
+/// held goes back to the queue, in order, for a poll from another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingered_out_consumer_gives_its_events_back() {
+    let config = config(&unique_name("linger"));
+    let lingering: Arc<dyn Broker> =
+        Arc::new(RabbitBroker::new(&config).with_lingering_consumers(LINGER));
+    let user = subscriber(unique_user(), None);
+    declare(&*lingering, &user).await;
+    let bodies: Vec<_> = (1..=3).map(message).collect();
+    publish_all(&*lingering, Audience::User(user.user_id), &bodies).await;
+
+    // Held by the lingering consumer until it lingers out.
+    tokio::time::sleep(LINGER * 3).await;
+    assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
+    let other = rabbit(&longpoll_tests::config(&unique_name("linger-other")));
+    let events = other
+        .wait_for_events(&user, Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        events.iter().map(message_data_id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    lingering.close().await;
+}
