@@ -5,12 +5,15 @@
 //!   RabbitMQ when `AMQP_URL` is set.
 //! - [`router`]: the route table ([`longpoll::routes::ROUTES`]) as an axum router, with
 //!   CORS for front ends on other local ports.
+//! - [`demo`]: the demo page at `/demo/` (two users chatting through the browser client).
 //! - [`serve`]: runs the router until `shutdown` resolves; held polls answer before it
 //!   returns (their hold ends), new connections are refused meanwhile.
 //!
 //! Each request becomes a `lambda_http::Request` (method, URI, headers, body), exactly
 //! what the handler sees under API Gateway bar the Lambda context, so the poll holds for
 //! `POLL_TIMEOUT_MS`.
+
+pub mod demo;
 
 use std::{future::Future, sync::Arc};
 
@@ -111,6 +114,7 @@ pub fn router(functions: Arc<Functions>, cors: CorsLayer) -> Router {
         );
     }
     router
+        .merge(demo::routes())
         .fallback(|request: AxumRequest| async move {
             let body = json!({"error": "not_found", "message": format!("no route for {}", request.uri().path())});
             to_axum(json_response(StatusCode::NOT_FOUND, &body))

@@ -8,7 +8,7 @@ use longpoll::{
     token::TokenIssuer,
     topology::{CollegeId, UserId},
 };
-use longpoll_local::{BrokerKind, DEV_JWT_SECRET, Functions, cors, serve};
+use longpoll_local::{BrokerKind, DEV_JWT_SECRET, Functions, cors, demo, serve};
 
 /// Every long-polling endpoint on its real path, in one process: in-memory events by
 /// default, RabbitMQ when AMQP_URL is set.
@@ -73,15 +73,19 @@ async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool)
     }
     let issuer = TokenIssuer::new(config.require_jwt_secret().expect("set by Functions::new"));
     let day = Duration::from_secs(24 * 3600);
-    let alice = issuer.mint(UserId(1), Some(CollegeId(1)), Some("Alice"), day);
-    let bob = issuer.mint(UserId(2), Some(CollegeId(1)), Some("Bob"), day);
+    let [(alice_id, alice_name), (bob_id, bob_name)] = demo::DEMO_USERS;
+    let college = Some(CollegeId(demo::DEMO_COLLEGE));
+    let alice = issuer.mint(UserId(alice_id), college, Some(alice_name), day);
+    let bob = issuer.mint(UserId(bob_id), college, Some(bob_name), day);
     let key = config.publish_api_key.as_deref().unwrap_or("(IAM)");
     println!();
     println!("user 1 (Alice, college 1) token: {alice}");
     println!("user 2 (Bob, college 1) token:   {bob}");
     println!("publish key (X-Api-Key):          {key}");
     println!();
-    println!("Try it. In one terminal, poll as Alice (it waits up to 5.5 s):");
+    println!("See it work: open {base}/demo/ (Alice and Bob chatting through the browser client).");
+    println!();
+    println!("Or with curl. In one terminal, poll as Alice (it waits up to 5.5 s):");
     println!(
         "  curl -s '{base}/api/v1/communication/poll/events/' -H 'Authorization: Bearer {alice}'"
     );

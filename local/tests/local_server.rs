@@ -192,3 +192,50 @@ async fn the_binary_prints_what_to_do_and_shuts_down_cleanly() {
     let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
     assert!(rest.iter().any(|line| line == "stopped"), "{rest:?}");
 }
+
+/// The demo page and its files are served, and its config hands out working tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_is_served_with_working_tokens() {
+    let base = start(BrokerKind::Memory).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(root.status(), 307);
+    assert_eq!(root.headers()["location"], "/demo/");
+    for (path, content_type, contains) in [
+        ("/demo/", "text/html", "pane.html?user=2"),
+        ("/demo/pane.js", "text/javascript", "LongPollingClient"),
+        (
+            "/demo/longpoll.js",
+            "text/javascript",
+            "export class LongPollingClient",
+        ),
+    ] {
+        let response = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], content_type, "{path}");
+        assert!(response.text().await.unwrap().contains(contains), "{path}");
+    }
+    let config: serde_json::Value = client
+        .get(format!("{base}/demo/config.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["publish_key"], DEV_PUBLISH_KEY);
+    let bob = &config["users"][1];
+    assert_eq!(bob["name"], "Bob");
+    let online = client
+        .get(format!(
+            "{base}/api/v1/communication/poll/online/?user_ids=1"
+        ))
+        .bearer_auth(bob["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(online.status(), 200, "the demo token is accepted");
+}
