@@ -2,50 +2,10 @@
 //! into a real node (a private one this test starts, never the shared broker) and give
 //! the exchange and the policies mirroring the queue limits.
 
-use std::process::Command;
-
+use longpoll_tests::private_node::PrivateNode;
 use serde_json::Value;
 
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-/// A private node on `port`, stopped (and its data removed) when dropped.
-struct PrivateNode(u16);
-
-impl PrivateNode {
-    fn start(port: u16, definitions: &str) -> Self {
-        let status = Command::new(format!("{WORKSPACE}/scripts/private-rabbitmq"))
-            .args(["start", &port.to_string()])
-            .env("DEFINITIONS", definitions)
-            .status()
-            .expect("scripts/private-rabbitmq runs");
-        assert!(status.success(), "the private node started");
-        Self(port)
-    }
-
-    fn ctl(&self, args: &[&str]) -> Value {
-        let node = format!("longpoll-{}@localhost", self.0);
-        let output = Command::new("rabbitmqctl")
-            .args(["-n", &node, "-q"])
-            .args(args)
-            .args(["--formatter", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("JSON from rabbitmqctl")
-    }
-}
-
-impl Drop for PrivateNode {
-    fn drop(&mut self) {
-        let _ = Command::new(format!("{WORKSPACE}/scripts/private-rabbitmq"))
-            .args(["stop", &self.0.to_string()])
-            .status();
-    }
-}
 
 #[test]
 fn the_compose_definitions_load_into_rabbitmq() {
@@ -64,12 +24,18 @@ fn the_compose_definitions_load_into_rabbitmq() {
         }
     }
 
-    let port = longpoll_tests::watch::free_port();
-    let node = PrivateNode::start(
-        port,
-        &format!("{WORKSPACE}/infra/rabbitmq/definitions.json"),
-    );
-    let exchanges = node.ctl(&["list_exchanges", "name", "type", "durable"]);
+    let node = PrivateNode::start(Some(&format!(
+        "{WORKSPACE}/infra/rabbitmq/definitions.json"
+    )));
+    let json = |args: &[&str]| -> Value {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--formatter", "json"])
+            .collect();
+        serde_json::from_str(&node.ctl(&args)).expect("JSON from rabbitmqctl")
+    };
+    let exchanges = json(&["list_exchanges", "name", "type", "durable"]);
     assert!(
         exchanges.as_array().unwrap().iter().any(|exchange| {
             exchange["name"] == "longpoll.events"
@@ -78,7 +44,7 @@ fn the_compose_definitions_load_into_rabbitmq() {
         }),
         "{exchanges}"
     );
-    let policies = node.ctl(&["list_policies"]);
+    let policies = json(&["list_policies"]);
     let policy = |name: &str| -> Value {
         let found = policies
             .as_array()

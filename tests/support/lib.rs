@@ -7,6 +7,7 @@
 //! one shared broker without seeing each other's events, and leave only queues that
 //! expire on their own.
 
+pub mod private_node;
 pub mod scenario;
 pub mod watch;
 

@@ -1,0 +1,65 @@
+//! A private RabbitMQ node (`scripts/private-rabbitmq`) for tests that stop, restart or
+//! overload a broker: never the shared one on 5672.
+
+use std::process::Command;
+
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// A node on its own port, data dir and node name; stopped (data removed) when dropped.
+pub struct PrivateNode {
+    pub port: u16,
+}
+
+impl PrivateNode {
+    /// Starts a node on a free port, loading `definitions` if given.
+    pub fn start(definitions: Option<&str>) -> Self {
+        let port = crate::watch::free_port();
+        let mut command = Command::new(format!("{WORKSPACE}/scripts/private-rabbitmq"));
+        command.args(["start", &port.to_string()]);
+        if let Some(definitions) = definitions {
+            command.env("DEFINITIONS", definitions);
+        }
+        let status = command.status().expect("scripts/private-rabbitmq runs");
+        assert!(status.success(), "the private node on {port} started");
+        Self { port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `rabbitmqctl` against this node; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let node = format!("longpoll-{}@localhost", self.port);
+        let output = Command::new("rabbitmqctl")
+            .args(["-n", &node, "-q"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Stops the broker application (connections close, the port refuses), keeping the
+    /// node and its data.
+    pub fn stop_app(&self) {
+        self.ctl(&["stop_app"]);
+    }
+
+    pub fn start_app(&self) {
+        self.ctl(&["start_app"]);
+        self.ctl(&["await_startup"]);
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let _ = Command::new(format!("{WORKSPACE}/scripts/private-rabbitmq"))
+            .args(["stop", &self.port.to_string()])
+            .status();
+    }
+}
