@@ -145,3 +145,30 @@ fn the_watch_router_serves_the_local_development_settings() {
         Some(DEV_PUBLISH_KEY)
     );
 }
+
+/// `openapi.yaml` documents exactly the route table's paths, each with its method.
+#[test]
+fn the_openapi_document_describes_the_route_table() {
+    let text = std::fs::read_to_string(format!("{WORKSPACE}/openapi.yaml")).unwrap();
+    let document: Value = serde_norway::from_str(&text).expect("openapi.yaml is YAML");
+    let prefix = document["servers"][0]["url"].as_str().unwrap();
+    let documented: BTreeMap<String, Vec<String>> = document["paths"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(path, item)| {
+            let methods = item
+                .as_mapping()
+                .unwrap()
+                .keys()
+                .map(|method| method.as_str().unwrap().to_ascii_uppercase())
+                .collect();
+            (format!("{prefix}{}", path.as_str().unwrap()), methods)
+        })
+        .collect();
+    let expected: BTreeMap<String, Vec<String>> = ROUTES
+        .iter()
+        .map(|route| (route.path.to_owned(), vec![route.method.to_owned()]))
+        .collect();
+    assert_eq!(documented, expected);
+}

@@ -5,7 +5,8 @@
 //!   RabbitMQ when `AMQP_URL` is set.
 //! - [`router`]: the route table ([`longpoll::routes::ROUTES`]) as an axum router, with
 //!   CORS for front ends on other local ports.
-//! - [`demo`]: the demo page at `/demo/` (two users chatting through the browser client).
+//! - [`demo`]: the demo page at `/demo/` (two users chatting through the browser client);
+//!   the OpenAPI description is at `/openapi.yaml`.
 //! - [`serve`]: runs the router until `shutdown` resolves; held polls answer before it
 //!   returns (their hold ends), new connections are refused meanwhile.
 //!
@@ -34,6 +35,9 @@ use longpoll::{
     routes::{ROUTES, Route},
 };
 use publish_event::Publisher;
+
+/// The OpenAPI 3 description of the routes, served at `/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 
 /// How long a user's consumer outlives their poll on RabbitMQ: longer than the gap
 /// between one poll's answer and the next poll (a few milliseconds for a live client,
@@ -115,6 +119,12 @@ pub fn router(functions: Arc<Functions>, cors: CorsLayer) -> Router {
     }
     router
         .merge(demo::routes())
+        .route(
+            "/openapi.yaml",
+            axum::routing::get(|| async {
+                ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
+            }),
+        )
         .fallback(|request: AxumRequest| async move {
             let body = json!({"error": "not_found", "message": format!("no route for {}", request.uri().path())});
             to_axum(json_response(StatusCode::NOT_FOUND, &body))

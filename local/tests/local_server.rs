@@ -193,7 +193,8 @@ async fn the_binary_prints_what_to_do_and_shuts_down_cleanly() {
     assert!(rest.iter().any(|line| line == "stopped"), "{rest:?}");
 }
 
-/// The demo page and its files are served, and its config hands out working tokens.
+/// The demo page and its files, and the OpenAPI document, are served; the demo's config
+/// hands out working tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_page_is_served_with_working_tokens() {
     let base = start(BrokerKind::Memory).await;
@@ -218,6 +219,16 @@ async fn the_demo_page_is_served_with_working_tokens() {
         assert_eq!(response.headers()["content-type"], content_type, "{path}");
         assert!(response.text().await.unwrap().contains(contains), "{path}");
     }
+    let openapi = client
+        .get(format!("{base}/openapi.yaml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(openapi.status(), 200);
+    assert_eq!(
+        openapi.text().await.unwrap(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml")).unwrap()
+    );
     let config: serde_json::Value = client
         .get(format!("{base}/demo/config.json"))
         .send()
