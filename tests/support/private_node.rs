@@ -14,8 +14,13 @@ impl PrivateNode {
     /// Starts a node on a free port, loading `definitions` if given.
     pub fn start(definitions: Option<&str>) -> Self {
         let port = crate::watch::free_port();
+        // Its Erlang distribution port, free too (the script's default, PORT + 20000,
+        // may be taken or past 65535 for a port the system handed out).
+        let dist_port = crate::watch::free_port();
         let mut command = Command::new(format!("{WORKSPACE}/scripts/private-rabbitmq"));
-        command.args(["start", &port.to_string()]);
+        command
+            .args(["start", &port.to_string()])
+            .env("DIST_PORT", dist_port.to_string());
         if let Some(definitions) = definitions {
             command.env("DEFINITIONS", definitions);
         }
