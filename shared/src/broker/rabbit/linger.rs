@@ -92,11 +92,13 @@ impl Subscriptions {
         subscription.attach().then_some(Attached(subscription))
     }
 
-    /// Registers a new consumer under `key` and attaches to it, unless another poll
-    /// registered one first: then that one is used and `consumer` is given back.
+    /// Registers a new consumer on `queue` under `key` and attaches to it, unless
+    /// another poll registered one first: then that one is used and `consumer` is given
+    /// back.
     pub fn insert(
         self: &Arc<Self>,
         key: String,
+        queue: &str,
         lane: Lane,
         consumer: lapin::Consumer,
     ) -> Option<Attached> {
@@ -109,7 +111,7 @@ impl Subscriptions {
         let subscription = Arc::new(Subscription {
             state: Mutex::new(State::default()),
             channel: lane.channel.clone(),
-            queue: key.split(' ').next().unwrap_or_default().to_owned(),
+            queue: queue.to_owned(),
             arrivals: Notify::new(),
         });
         subscription.attach();

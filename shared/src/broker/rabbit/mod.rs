@@ -161,16 +161,8 @@ impl RabbitBroker {
             if let Some(attached) = subscriptions.attach(&key) {
                 break attached;
             }
-            let (lane, consumer) = self
-                .run("poll set-up", deadline, |lane| {
-                    let (queue, keys) = (&queue, &keys);
-                    async move {
-                        let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
-                        Ok((lane, consumer))
-                    }
-                })
-                .await?;
-            if let Some(attached) = subscriptions.insert(key.clone(), lane, consumer) {
+            let (lane, consumer) = self.set_up_consumer(&queue, &keys, deadline).await?;
+            if let Some(attached) = subscriptions.insert(key.clone(), &queue, lane, consumer) {
                 break attached;
             }
         };
@@ -380,6 +372,21 @@ impl RabbitBroker {
         consumer
     }
 
+    /// A consumer on `queue` (declared and bound to `keys` unless this process just did),
+    /// on a borrowed lane, within `deadline`: a poll's set-up.
+    async fn set_up_consumer(
+        &self,
+        queue: &str,
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<(Lane, lapin::Consumer), BrokerError> {
+        self.run("poll set-up", deadline, |lane| async move {
+            let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
+            Ok((lane, consumer))
+        })
+        .await
+    }
+
     /// Waits on the subscriber's queue until a message arrives (or `deadline`), then
     /// stops the consumer, collects the deliveries that raced with the stop and tops
     /// the batch up to `limit` with what else is queued. Nothing is settled yet: the
@@ -392,15 +399,7 @@ impl RabbitBroker {
     ) -> Result<Taken, BrokerError> {
         let queue = subscriber.queue_name();
         let keys = subscriber.routing_keys();
-        let (lane, mut consumer) = self
-            .run("poll set-up", deadline, |lane| {
-                let (queue, keys) = (&queue, &keys);
-                async move {
-                    let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
-                    Ok((lane, consumer))
-                }
-            })
-            .await?;
+        let (lane, mut consumer) = self.set_up_consumer(&queue, &keys, deadline).await?;
 
         let mut deliveries = Vec::new();
         let mut consumer_ended = false;
