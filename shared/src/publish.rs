@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use crate::{
     broker::Publication,
     config::{Config, ConfigError},
-    event::{EventBody, EventType},
+    event::{EventBody, EventType, MAX_EVENT_ID_LENGTH},
     http::ApiError,
     topology::{Audience, CollegeId, UserId},
 };
@@ -194,10 +194,11 @@ fn parse_item(item: Value, at: &str) -> Result<Publication, ApiError> {
         EventType::ReadReceipt => EventBody::ReadReceipt(typed(data, &at_data)?),
         EventType::Notification => EventBody::Notification(typed(data, &at_data)?),
     };
-    Ok(Publication {
-        audience,
-        event: body.prepare(),
-    })
+    let mut event = body.prepare();
+    if let Some(id) = take_event_id(&mut object, &field)? {
+        event.id = id;
+    }
+    Ok(Publication { audience, event })
 }
 
 /// `data` as the type `T`; errors say where inside it they are.
@@ -228,6 +229,28 @@ fn take_id(
     }
 }
 
+/// The producer's own event id, if it gives one: it becomes the AMQP `message_id`, so a
+/// publish retried after an unclear failure (a 503 whose confirm was lost with the
+/// connection) carries the same id and clients de-duplicate it.
+fn take_event_id(
+    object: &mut Map<String, Value>,
+    field: &impl Fn(&str) -> String,
+) -> Result<Option<String>, ApiError> {
+    match object.remove("id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id))
+            if (1..=MAX_EVENT_ID_LENGTH).contains(&id.len())
+                && id.bytes().all(|byte| byte.is_ascii_graphic()) =>
+        {
+            Ok(Some(id))
+        }
+        Some(_) => Err(invalid(format!(
+            "{} must be 1 to {MAX_EVENT_ID_LENGTH} printable ASCII characters without spaces",
+            field("id")
+        ))),
+    }
+}
+
 fn invalid(message: String) -> ApiError {
     ApiError::bad_request("invalid_event", message)
 }
@@ -236,6 +259,26 @@ fn invalid(message: String) -> ApiError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_producer_may_name_the_event_id_so_retries_share_it() {
+        let events = parse(json!({"user_id": 1, "id": "order-42:shipped", "event": "typing", "data": {"sender_id": 1, "is_typing": true}})).unwrap();
+        assert_eq!(events[0].event.id, "order-42:shipped");
+        let generated = parse(
+            json!({"user_id": 1, "event": "typing", "data": {"sender_id": 1, "is_typing": true}}),
+        )
+        .unwrap();
+        assert_eq!(generated[0].event.id.len(), 36, "a UUID when none is given");
+        for bad in [
+            json!(""),
+            json!("has space"),
+            json!(7),
+            json!("x".repeat(256)),
+        ] {
+            let error = parse(json!({"events": [{"user_id": 1, "id": bad, "event": "typing", "data": {"sender_id": 1, "is_typing": true}}]})).unwrap_err();
+            assert!(message_of(error).starts_with("events[0].id must be 1 to 255"));
+        }
+    }
 
     fn parse(body: Value) -> Result<Vec<Publication>, ApiError> {
         parse_publish_body(body.to_string().as_bytes())
