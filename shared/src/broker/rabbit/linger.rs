@@ -206,14 +206,15 @@ impl Attached {
             let now = SystemTime::now();
             let overflow = batch.len().saturating_sub(MAX_QUEUE_LENGTH);
             let mut kept = Vec::with_capacity(batch.len());
-            // One ack each: the lane is shared (see `settle`). If an ack fails the
-            // channel is gone and the broker requeues the batch: answer 503.
+            // One ack each: the lane is shared (see `settle`). Once an ack fails the
+            // channel is gone: the broker requeues the rest, but the acks before it may
+            // have removed theirs, so the poll still answers with the whole batch (what
+            // was requeued comes again under the same ids) rather than lose them.
+            let mut acking = true;
             for (index, (delivery, arrived)) in batch.into_iter().enumerate() {
-                delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|error| failed(error.to_string()))?;
+                if acking {
+                    acking = delivery.acker.ack(BasicAckOptions::default()).await.is_ok();
+                }
                 if index >= overflow && !expired(&delivery, arrived, now) {
                     kept.push(delivery);
                 }

@@ -562,6 +562,7 @@ impl Broker for RabbitBroker {
         let deadline = Instant::now() + self.connector.op_timeout;
         let confirmations = self
             .run("publish", deadline, |lane| async move {
+                let _exclusive = lane.publishing.lock().await;
                 // All publishes first, then all confirms: one round trip for the batch.
                 let mut pending = Vec::with_capacity(batch.len());
                 for publication in batch {
@@ -587,23 +588,44 @@ impl Broker for RabbitBroker {
                 Ok(confirmations)
             })
             .await?;
-        batch
+        if let Some(refused) = batch
             .iter()
-            .zip(confirmations)
-            .map(|(publication, confirmation)| {
-                if confirmation.is_nack() {
-                    return Err(BrokerError::Failed {
-                        operation: "publish",
-                        reason: format!("the broker refused event {} (nack)", publication.event.id),
-                    });
-                }
-                Ok(Receipt {
+            .zip(&confirmations)
+            .find(|(_, confirmation)| confirmation.is_nack())
+        {
+            return Err(BrokerError::Failed {
+                operation: "publish",
+                reason: format!("the broker refused event {} (nack)", refused.0.event.id),
+            });
+        }
+        // A basic.return (no queue is bound to the key) comes before the ack of its
+        // message, but an ack may cover several messages and lapin hands the return to
+        // the first confirm it settles: match returns to events by message id.
+        let mut returned: HashMap<String, usize> = HashMap::new();
+        for message in confirmations.into_iter().filter_map(|c| c.take_message()) {
+            let id = message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string());
+            *returned.entry(id.unwrap_or_default()).or_default() += 1;
+        }
+        Ok(batch
+            .iter()
+            .map(|publication| {
+                let routed = match returned.get_mut(&publication.event.id) {
+                    Some(count) if *count > 0 => {
+                        *count -= 1;
+                        false
+                    }
+                    _ => true,
+                };
+                Receipt {
                     id: publication.event.id.clone(),
-                    // A basic.return came before the ack: no queue is bound to the key.
-                    routed: confirmation.take_message().is_none(),
-                })
+                    routed,
+                }
             })
-            .collect()
+            .collect())
     }
 
     async fn wait_for_events(
@@ -617,7 +639,12 @@ impl Broker for RabbitBroker {
                 .await;
         }
         let taken = self.take(subscriber, deadline, MAX_BATCH).await?;
-        self.settle(&taken, |_| true).await?;
+        // A failed settle may still have removed some of the batch (acks have no
+        // reply): answer with all of it, since what stayed queued comes again under
+        // the same ids, rather than answer 503 and lose the rest.
+        if let Err(error) = self.settle(&taken, |_| true).await {
+            warn!(%error, "acks failed; answering with the batch, the unacked part will come again");
+        }
         // A message that is not an event was acked too: left in the queue it would
         // block every later poll.
         Ok(taken.events().flatten().collect())
@@ -643,11 +670,24 @@ impl Broker for RabbitBroker {
                     .position(|event| event.as_ref().is_some_and(|event| event.id == acked))
             });
             let prefix = acked_through.map_or(0, |position| position + 1);
+            // The client can only have received a message that was delivered before:
+            // one in the prefix that never was (`redelivered` false) overtook the
+            // requeue of earlier ones (a reject travels on another channel than this
+            // consume, and the queue may see them in either order), so it stays.
+            let acked = |index: usize| {
+                index < prefix
+                    && (taken.deliveries[index].redelivered || Some(index) == acked_through)
+            };
             // A message that is not an event goes wherever it is: requeued, it would
             // come back on every poll.
-            self.settle(&taken, |index| index < prefix || events[index].is_none())
+            self.settle(&taken, |index| acked(index) || events[index].is_none())
                 .await?;
-            let kept: Vec<Event> = events.into_iter().skip(prefix).flatten().collect();
+            let kept: Vec<Event> = events
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| !acked(*index))
+                .filter_map(|(_, event)| event)
+                .collect();
             if !kept.is_empty() || Instant::now() >= deadline {
                 return Ok(kept.into_iter().take(MAX_BATCH).collect());
             }
