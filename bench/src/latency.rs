@@ -24,6 +24,8 @@ use longpoll::{
 };
 use tokio::time::Instant;
 
+use crate::stats;
+
 const SECRET: &str = "bench-secret";
 
 pub async fn run(runs: usize, samples: usize) {
@@ -75,11 +77,11 @@ pub async fn run(runs: usize, samples: usize) {
         summary.push(format!(
             "  {:<6} immediate return     p50 {:.3} ms, p99 {:.3} ms\n  {:<6} publish to response  p50 {:.3} ms, p99 {:.3} ms",
             mode.name(),
-            median(&mut immediate_p50s),
-            median(&mut immediate_p99s),
+            stats::median(&immediate_p50s),
+            stats::median(&immediate_p99s),
             mode.name(),
-            median(&mut pushed_p50s),
-            median(&mut pushed_p99s)
+            stats::median(&pushed_p50s),
+            stats::median(&pushed_p99s)
         ));
     }
     println!("\nmedian of {runs} runs:");
@@ -206,12 +208,6 @@ async fn publish(broker: &dyn Broker, user: UserId, n: usize) {
 /// (p50, p90, p99) in milliseconds.
 fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64) {
     samples.sort();
-    let at =
-        |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    let at = |q| stats::percentile_ms(samples, q);
     (at(0.5), at(0.9), at(0.99))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

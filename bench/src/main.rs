@@ -1,16 +1,12 @@
-//! Benchmarks that print figures (never pass/fail tests: the machine is shared and noisy).
-//!
-//! - `longpoll-bench latency [RUNS SAMPLES]`: immediate return and publish-to-response
-//!   latency through the real `poll-events` handler on a warm broker connection.
-//! - `longpoll-bench held --url URL --polls N --seconds S`: N users each holding a poll
-//!   against a running local server, re-polling as soon as answered, while events are
-//!   published to random users; prints held polls, latency, the server's RSS and its
-//!   AMQP connections and channels.
+//! `longpoll-bench`: the benchmark suite, its parts, the soak, and the guide-algorithm
+//! baseline server. Run `scripts/bench` for the whole suite on a private broker.
 
-mod held;
-mod latency;
+use std::{sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
+use longpoll::Config;
+use longpoll_bench::{guide::GuideBaseline, held, latency, soak, suite};
+use longpoll_local::{BrokerKind, Functions, cors, serve};
 
 #[derive(Parser)]
 #[command(name = "longpoll-bench")]
@@ -21,7 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Immediate return and publish-to-response latency (median of runs).
+    /// Every figure, as Markdown tables (starts its own servers on AMQP_URL).
+    Suite(suite::Options),
+    /// Immediate return and publish-to-response latency through the handler, in-process.
     Latency {
         #[arg(default_value_t = 5)]
         runs: usize,
@@ -30,12 +28,86 @@ enum Command {
     },
     /// Many concurrent held polls against a running local server.
     Held(held::Options),
+    /// Pollers in cursor mode while the broker's connections are killed periodically;
+    /// exits 1 if an event was lost or duplicated, or a 5xx other than 503 came back.
+    Soak {
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        pollers: usize,
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        publish_rate: u64,
+        /// Seconds between connection kills.
+        #[arg(long, default_value_t = 30)]
+        kill_every: u64,
+        /// The broker node (`rabbitmqctl -n`); a private one, never the shared broker.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Poll as the guide does instead of in cursor mode.
+        #[arg(long)]
+        guide_mode: bool,
+    },
+    /// The local server on the design guide's algorithm (basic_get every 0.3 s), for
+    /// comparison; listens on LISTEN_ADDR, uses AMQP_URL.
+    GuideServer,
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
+        Command::Suite(options) => suite::run(options).await,
         Command::Latency { runs, samples } => latency::run(runs, samples).await,
         Command::Held(options) => held::run(options).await,
+        Command::Soak {
+            url,
+            pollers,
+            seconds,
+            publish_rate,
+            kill_every,
+            node,
+            server_pid,
+            guide_mode,
+        } => {
+            let report = soak::run(soak::SoakOptions {
+                url,
+                pollers,
+                seconds,
+                publish_rate,
+                kill_every: Duration::from_secs(kill_every),
+                node,
+                server_pid,
+                cursor: !guide_mode,
+            })
+            .await;
+            report.print();
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        Command::GuideServer => guide_server().await?,
     }
+    Ok(())
+}
+
+async fn guide_server() -> Result<(), Box<dyn std::error::Error>> {
+    longpoll::telemetry::init();
+    let config = Config::from_env("longpoll-guide-baseline")?;
+    let broker = Arc::new(GuideBaseline::new(&config));
+    let functions = Arc::new(Functions::with_broker(
+        config,
+        broker,
+        BrokerKind::RabbitMq,
+    )?);
+    let address = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:9100".to_owned());
+    let listener = tokio::net::TcpListener::bind(&address).await?;
+    println!("guide baseline listening on http://{address}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve(listener, functions, cors(&["*".to_owned()]), shutdown).await?;
+    Ok(())
 }

@@ -66,13 +66,7 @@ pub struct Functions {
 impl Functions {
     /// Builds the functions on `kind`, filling in development secrets where the
     /// configuration has none.
-    pub fn new(mut config: Config, kind: BrokerKind) -> Result<Self, ConfigError> {
-        if config.jwt_secret.is_none() {
-            config.jwt_secret = Some(DEV_JWT_SECRET.as_bytes().to_vec());
-        }
-        if config.publish_api_key.is_none() && !config.publish_trust_iam {
-            config.publish_api_key = Some(DEV_PUBLISH_KEY.to_owned());
-        }
+    pub fn new(config: Config, kind: BrokerKind) -> Result<Self, ConfigError> {
         let broker: Arc<dyn Broker> = match kind {
             BrokerKind::Memory => Arc::new(MemoryBroker::new(config.presence_ttl)),
             // One long-running process serves every user here, so each user's consumer
@@ -81,6 +75,22 @@ impl Functions {
                 Arc::new(RabbitBroker::new(&config).with_lingering_consumers(CONSUMER_LINGER))
             }
         };
+        Self::with_broker(config, broker, kind)
+    }
+
+    /// Builds the functions on a broker of the caller's (the benchmark's baseline of the
+    /// guide's algorithm), filling in development secrets as [`Functions::new`] does.
+    pub fn with_broker(
+        mut config: Config,
+        broker: Arc<dyn Broker>,
+        kind: BrokerKind,
+    ) -> Result<Self, ConfigError> {
+        if config.jwt_secret.is_none() {
+            config.jwt_secret = Some(DEV_JWT_SECRET.as_bytes().to_vec());
+        }
+        if config.publish_api_key.is_none() && !config.publish_trust_iam {
+            config.publish_api_key = Some(DEV_PUBLISH_KEY.to_owned());
+        }
         let publisher = Publisher::new(&config, broker.clone())?;
         let app = App::new(config, broker)?;
         Ok(Self {

@@ -1,0 +1,78 @@
+//! Servers the benchmark starts as processes of their own (so their memory is theirs):
+//! `longpoll-local`, and `longpoll-bench guide-server`, the same server on the guide's
+//! algorithm. Both are expected next to this executable (`cargo build --release -p
+//! longpoll-local -p longpoll-bench`; `scripts/bench` does).
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+/// A server process on a free loopback port; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub pid: u32,
+}
+
+impl Server {
+    /// Starts `program args` with `LISTEN_ADDR` set to a free port and waits until it
+    /// answers `poll/test/`.
+    pub async fn start(program: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let child = Command::new(&program)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", program.display()));
+        let server = Server {
+            pid: child.id(),
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let probe = format!("{}/api/v1/communication/poll/test/", server.url);
+        while !client
+            .get(&probe)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} did not start",
+                program.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A program built next to this executable (the same target directory and profile).
+pub fn sibling(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("the running executable's path");
+    me.with_file_name(name)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,172 @@
+//! The soak: many browsers polling for a long while (cursor mode with de-duplication,
+//! as the JavaScript client polls), events published steadily through the publish
+//! endpoint, and every so often every connection to the broker killed
+//! (`rabbitmqctl close_all_connections`, on a private node). Passing means no event
+//! lost, none duplicated after de-duplication by id, and no 5xx other than the 503 that
+//! tells clients to retry while the connection is re-established.
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use longpoll::config::DEV_PUBLISH_KEY;
+
+use crate::{
+    load::{self, LoadOptions, LoadReport, PublishVia},
+    stats,
+};
+
+pub struct SoakOptions {
+    pub url: String,
+    pub pollers: usize,
+    pub seconds: u64,
+    pub publish_rate: u64,
+    pub kill_every: Duration,
+    /// The broker node whose connections are killed (`rabbitmqctl -n NODE`).
+    pub node: String,
+    /// The server's process, for its RSS.
+    pub server_pid: Option<u32>,
+    /// Cursor mode (`?device=&ack=`, as the browser client polls) or the guide's poll.
+    pub cursor: bool,
+}
+
+pub struct SoakReport {
+    pub load: LoadReport,
+    pub kills: usize,
+}
+
+pub async fn run(options: SoakOptions) -> SoakReport {
+    let kills = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (kills, node, every) = (kills.clone(), options.node.clone(), options.kill_every);
+        tokio::spawn(async move {
+            // The first kill comes after the ramp, then one every `every`.
+            loop {
+                tokio::time::sleep(every).await;
+                let closed = tokio::task::spawn_blocking({
+                    let node = node.clone();
+                    move || {
+                        Command::new("rabbitmqctl")
+                            .args([
+                                "-n",
+                                &node,
+                                "-q",
+                                "close_all_connections",
+                                "soak: periodic kill",
+                            ])
+                            .status()
+                            .is_ok_and(|status| status.success())
+                    }
+                })
+                .await
+                .unwrap_or(false);
+                assert!(closed, "rabbitmqctl -n {node} close_all_connections failed");
+                kills.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let load = load::run(LoadOptions {
+        url: options.url,
+        users: options.pollers,
+        ramp_per_second: 500,
+        publish_rate: options.publish_rate,
+        seconds: options.seconds,
+        drain: Duration::from_secs(60),
+        publish: PublishVia::Endpoint {
+            api_key: DEV_PUBLISH_KEY.to_owned(),
+        },
+        cursor: options.cursor,
+        server_pid: options.server_pid,
+    })
+    .await;
+    killer.abort();
+    SoakReport {
+        load,
+        kills: kills.load(Ordering::Relaxed),
+    }
+}
+
+impl SoakReport {
+    /// 5xx answers other than 503 (which is the contract's "retry later").
+    pub fn unexpected_server_errors(&self) -> usize {
+        self.load
+            .poll_failures
+            .iter()
+            .chain(&self.load.publish_failures)
+            .filter(|(status, _)| **status >= 500 && **status != 503)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    pub fn passed(&self) -> bool {
+        self.load.lost == 0 && self.load.duplicated == 0 && self.unexpected_server_errors() == 0
+    }
+
+    /// RSS at the start and the end of the window (medians of its first and last tenth),
+    /// and the peak, in MiB.
+    pub fn rss_mib(&self) -> Option<(f64, f64, f64)> {
+        let samples: Vec<f64> = self
+            .load
+            .rss_kib
+            .iter()
+            .map(|&kib| kib as f64 / 1024.0)
+            .collect();
+        if samples.len() < 2 {
+            return None;
+        }
+        let tenth = (samples.len() / 10).max(1);
+        let peak = samples.iter().copied().fold(0.0, f64::max);
+        Some((
+            stats::median(&samples[..tenth]),
+            stats::median(&samples[samples.len() - tenth..]),
+            peak,
+        ))
+    }
+
+    pub fn print(&self) {
+        let load = &self.load;
+        let [p50, p90, p99, max] = load.latency_ms();
+        println!(
+            "window {:.0} s, connection kills {}, polls answered {}",
+            load.window.as_secs_f64(),
+            self.kills,
+            load.answered
+        );
+        println!(
+            "events published {}, lost {}, duplicated after de-duplication by id {}",
+            load.published, load.lost, load.duplicated
+        );
+        println!(
+            "poll failures by status (0 = no response): {:?}",
+            load.poll_failures
+        );
+        println!("publish failures by status: {:?}", load.publish_failures);
+        println!(
+            "5xx other than 503: {}; publish→response p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+            self.unexpected_server_errors(),
+            stats::ms(p50),
+            stats::ms(p90),
+            stats::ms(p99),
+            stats::ms(max)
+        );
+        if let Some((start, end, peak)) = self.rss_mib() {
+            println!(
+                "server RSS: {start:.1} MiB at the start, {end:.1} MiB at the end ({:+.1} MiB), peak {peak:.1} MiB",
+                end - start
+            );
+        }
+        println!(
+            "{}",
+            if self.passed() {
+                "soak: PASSED"
+            } else {
+                "soak: FAILED"
+            }
+        );
+    }
+}

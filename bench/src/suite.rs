@@ -1,0 +1,405 @@
+//! `longpoll-bench suite`: every figure the README quotes, in one run, as Markdown
+//! tables. It starts its own servers (`longpoll-local`, and the guide's algorithm as a
+//! baseline) on the broker at `AMQP_URL`, runs each measurement several times and
+//! prints medians; `scripts/bench` runs it on a private RabbitMQ node.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use longpoll::{Broker, Config, RabbitBroker};
+use longpoll_tests::watch::Watch;
+
+use crate::{
+    cold_start, held,
+    load::{self, LoadOptions, LoadReport, PublishVia},
+    probes::{self, Throughput},
+    server::{Server, sibling},
+    stats::{self, median, ms},
+};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Runs of each measurement; the tables show the medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds of publishing in each latency run.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Held polls for the capacity run (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    held_polls: usize,
+    /// Seconds the held polls are kept, after their ramp.
+    #[arg(long, default_value_t = 60)]
+    held_seconds: u64,
+    /// Leave out the run under `cargo lambda watch`.
+    #[arg(long)]
+    no_watch: bool,
+    /// The broker's node name for `rabbitmqctl -n` (connections and channels).
+    #[arg(long, env = "RABBITMQ_NODENAME")]
+    node: Option<String>,
+}
+
+/// One row of the latency table: medians over runs.
+struct LatencyRow {
+    label: String,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    published: usize,
+    lost: usize,
+    errors: usize,
+}
+
+pub async fn run(options: Options) {
+    let amqp_url =
+        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+    describe_machine(&amqp_url);
+    let library: Arc<dyn Broker> = Arc::new(RabbitBroker::new(&Config::new(
+        &amqp_url,
+        None,
+        "longpoll-bench",
+    )));
+    let env = [("AMQP_URL", amqp_url.as_str())];
+    let ours = Server::start(sibling("longpoll-local"), &[], &env).await;
+    let me = std::env::current_exe().unwrap();
+    let guide = Server::start(me, &["guide-server"], &env).await;
+    let runs = options.runs.max(1);
+
+    // Events already queued; idle hold.
+    let mut queued = Vec::new();
+    let mut idle = Vec::new();
+    for (name, server) in [("longpoll", &ours), ("guide's algorithm", &guide)] {
+        let (mut p50s, mut p99s, mut over_medians, mut over_maxes) =
+            (vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            let latencies = probes::queued_answer(&server.url, &*library, 200).await;
+            p50s.push(stats::percentile_ms(&latencies, 0.5));
+            p99s.push(stats::percentile_ms(&latencies, 0.99));
+            let (over_median, over_max) =
+                probes::median_and_max_ms(&probes::idle_hold(&server.url, 50).await);
+            over_medians.push(over_median);
+            over_maxes.push(over_max);
+        }
+        queued.push((name, median(&p50s), median(&p99s)));
+        idle.push((name, median(&over_medians), median(&over_maxes)));
+    }
+
+    // Publish throughput, batches of 100, 4 publishers.
+    let (mut endpoint, mut direct) = (vec![], vec![]);
+    for _ in 0..runs {
+        endpoint.push(
+            probes::publish_throughput(Throughput::Endpoint(&ours.url), library.clone(), 4, 5.0)
+                .await,
+        );
+        direct.push(probes::publish_throughput(Throughput::Library, library.clone(), 4, 5.0).await);
+    }
+    // Publish→response under load.
+    let mut rows = Vec::new();
+    for (users, rate) in [(200, 100), (2000, 500)] {
+        let mut variants = vec![
+            ("longpoll", &ours, false),
+            ("guide's algorithm (basic_get every 0.3 s)", &guide, false),
+        ];
+        if users == 2000 {
+            variants.insert(1, ("longpoll, cursor mode", &ours, true));
+        }
+        for (name, server, cursor) in variants {
+            let label = format!("N={users}, R={rate}/s: {name}");
+            let mut reports = Vec::new();
+            for run in 1..=runs {
+                let report = load::run(LoadOptions {
+                    url: server.url.clone(),
+                    users,
+                    ramp_per_second: 500,
+                    publish_rate: rate,
+                    seconds: options.seconds,
+                    drain: Duration::from_secs(30),
+                    publish: PublishVia::Library(library.clone()),
+                    cursor,
+                    server_pid: Some(server.pid),
+                })
+                .await;
+                eprintln!("  {label} #{run}: {}", report.summary());
+                reports.push(report);
+                cool_down().await;
+            }
+            rows.push(latency_row(label, &reports));
+        }
+    }
+
+    drop(guide);
+
+    // Capacity: held polls in one server process.
+    let capacity = if options.held_polls > 0 {
+        // A fresh server, so its memory is the held polls' alone.
+        drop(ours);
+        let fresh = Server::start(sibling("longpoll-local"), &[], &env).await;
+        eprintln!("  ramping up {} held polls ...", options.held_polls);
+        let report = load::run(LoadOptions {
+            url: fresh.url.clone(),
+            users: options.held_polls,
+            ramp_per_second: 200,
+            publish_rate: 50,
+            seconds: options.held_seconds,
+            drain: Duration::from_secs(30),
+            publish: PublishVia::Endpoint {
+                api_key: longpoll::config::DEV_PUBLISH_KEY.to_owned(),
+            },
+            cursor: false,
+            server_pid: Some(fresh.pid),
+        })
+        .await;
+        let usage = held::amqp_usage(options.node.as_deref());
+        Some((report, usage))
+    } else {
+        None
+    };
+
+    // The functions under `cargo lambda watch` (debug builds, 8 instances of each), if
+    // cargo-lambda is installed: as many users as instances.
+    if !options.no_watch && cargo_lambda_installed() {
+        eprintln!("  starting cargo lambda watch (builds the functions on first use) ...");
+        let watch = Watch::start(&env, &["poll/events/"]).await;
+        let label = "N=8, R=10/s: the functions under cargo lambda watch".to_owned();
+        let mut reports = Vec::new();
+        for _ in 0..runs {
+            reports.push(
+                load::run(LoadOptions {
+                    url: watch.base.clone(),
+                    users: 8,
+                    ramp_per_second: 8,
+                    publish_rate: 10,
+                    seconds: options.seconds,
+                    drain: Duration::from_secs(30),
+                    publish: PublishVia::Library(library.clone()),
+                    cursor: false,
+                    server_pid: None,
+                })
+                .await,
+            );
+            cool_down().await;
+        }
+        rows.push(latency_row(label, &reports));
+    }
+
+    // Function cold start and memory.
+    let poll_events = sibling("poll-events");
+    let functions = cold_start::measure(&poll_events, &amqp_url, &*library, 10, 1000).await;
+
+    print_tables(
+        &rows,
+        &queued,
+        &idle,
+        (&endpoint, &direct),
+        capacity.as_ref(),
+        &functions,
+    );
+    library.close().await;
+}
+
+/// Lets the polls a finished run left behind end (the server holds them to the end of
+/// their hold even though the client is gone) before the next measurement.
+async fn cool_down() {
+    tokio::time::sleep(probes::HOLD + Duration::from_secs(2)).await;
+}
+
+fn latency_row(label: String, reports: &[LoadReport]) -> LatencyRow {
+    let figures: Vec<[f64; 4]> = reports.iter().map(LoadReport::latency_ms).collect();
+    let column = |i: usize| median(&figures.iter().map(|f| f[i]).collect::<Vec<_>>());
+    LatencyRow {
+        label,
+        p50: column(0),
+        p90: column(1),
+        p99: column(2),
+        max: column(3),
+        published: reports.iter().map(|r| r.published).sum(),
+        lost: reports.iter().map(|r| r.lost).sum(),
+        errors: reports
+            .iter()
+            .map(|r| r.poll_failures.values().sum::<usize>())
+            .sum(),
+    }
+}
+
+fn print_tables(
+    rows: &[LatencyRow],
+    queued: &[(&str, f64, f64)],
+    idle: &[(&str, f64, f64)],
+    (endpoint, direct): (&[f64], &[f64]),
+    capacity: Option<&(LoadReport, held::AmqpUsage)>,
+    functions: &cold_start::FunctionFigures,
+) {
+    println!(
+        "\n### Publish→response latency under load (medians of runs; lost and failed polls summed)\n"
+    );
+    println!(
+        "| N users, R events/s: server | p50 ms | p90 ms | p99 ms | max ms | events | lost | failed polls |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.label,
+            ms(row.p50),
+            ms(row.p90),
+            ms(row.p99),
+            ms(row.max),
+            row.published,
+            row.lost,
+            row.errors
+        );
+    }
+    for guide in rows.iter().filter(|row| row.label.contains("guide")) {
+        let scenario = guide.label.split(':').next().unwrap_or_default();
+        if let Some(ours) = rows
+            .iter()
+            .find(|row| row.label == format!("{scenario}: longpoll"))
+        {
+            println!(
+                "\n{scenario}: the guide's algorithm takes {:.0}× as long at p50, {:.0}× at p99",
+                guide.p50 / ours.p50,
+                guide.p99 / ours.p99
+            );
+        }
+    }
+
+    println!("\n### Single polls\n");
+    println!("| | longpoll | guide's algorithm |");
+    println!("|---|---|---|");
+    println!(
+        "| events already queued: request→answer p50 / p99 | {} / {} ms | {} / {} ms |",
+        ms(queued[0].1),
+        ms(queued[0].2),
+        ms(queued[1].1),
+        ms(queued[1].2)
+    );
+    println!(
+        "| idle poll: answered after the 5.5 s hold + median / max | {} / {} ms | {} / {} ms |",
+        ms(idle[0].1),
+        ms(idle[0].2),
+        ms(idle[1].1),
+        ms(idle[1].2)
+    );
+
+    println!("\n### Publish throughput (batches of 100, 4 publishers, persistent and confirmed)\n");
+    println!("| through | events/s (median) |");
+    println!("|---|---|");
+    println!(
+        "| the publish endpoint (`POST events/`) | {:.0} |",
+        median(endpoint)
+    );
+    println!(
+        "| the library (`Broker::publish`) | {:.0} |",
+        median(direct)
+    );
+
+    if let Some((report, (connections, channels))) = capacity {
+        let held: Vec<f64> = report.held.iter().map(|&n| n as f64).collect();
+        let [p50, _, p99, _] = report.latency_ms();
+        println!("\n### Held polls in one local-server process\n");
+        println!(
+            "| held (min / median in flight) | failed polls | events delivered | publish→response p50 / p99 | answered | RSS peak | AMQP connections / channels |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| {:.0} / {:.0} | {} | {} of {} | {} / {} ms | {:.0} polls/s | {:.0} MiB | {} / {} |",
+            held.iter().copied().fold(f64::INFINITY, f64::min),
+            median(&held),
+            report.poll_failures.values().sum::<usize>(),
+            report.published - report.lost,
+            report.published,
+            ms(p50),
+            ms(p99),
+            report.answered as f64 / report.window.as_secs_f64(),
+            report.rss_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+            connections.map_or("–".to_owned(), |n| n.to_string()),
+            channels.map_or("–".to_owned(), |n| n.to_string()),
+        );
+    }
+
+    let ready: Vec<f64> = functions.starts.iter().map(|s| s.ready_ms).collect();
+    let answered: Vec<f64> = functions.starts.iter().map(|s| s.answered_ms).collect();
+    println!("\n### The poll-events function (host release build, Runtime API on loopback)\n");
+    println!("| | median of {} starts |", functions.starts.len());
+    println!("|---|---|");
+    println!(
+        "| process start → ready for its first invocation (broker connect excluded) | {} ms |",
+        ms(median(&ready))
+    );
+    println!(
+        "| process start → first poll answered (connect, declare, consume included) | {} ms |",
+        ms(median(&answered))
+    );
+    if let Some(peak) = functions.peak_rss_kib {
+        println!(
+            "| peak RSS after {} invocations | {:.1} MiB |",
+            functions.invocations,
+            peak as f64 / 1024.0
+        );
+    }
+    print_bootstrap_sizes();
+}
+
+/// The arm64 bootstraps `cargo lambda build --release --arm64` left, if any.
+fn print_bootstrap_sizes() {
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| PathBuf::from("target"), PathBuf::from);
+    let mut sizes = Vec::new();
+    for function in [
+        "poll-events",
+        "poll-test",
+        "poll-disconnect",
+        "publish-event",
+        "poll-online",
+    ] {
+        let bootstrap = target.join("lambda").join(function).join("bootstrap");
+        if let Ok(metadata) = std::fs::metadata(&bootstrap) {
+            sizes.push(format!(
+                "{function} {:.1} MiB",
+                metadata.len() as f64 / (1 << 20) as f64
+            ));
+        }
+    }
+    if sizes.is_empty() {
+        println!("\nbootstrap sizes: none built (cargo lambda build --release --arm64)");
+    } else {
+        println!("\nrelease arm64 bootstraps: {}", sizes.join(", "));
+    }
+}
+
+fn describe_machine(amqp_url: &str) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or("?".to_owned(), |kib| {
+            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
+        });
+    println!(
+        "machine: {cores} cores ({cpu}), {memory}; broker {}; servers, broker and load generator share it",
+        longpoll::config::redact_url(amqp_url)
+    );
+}
+
+fn cargo_lambda_installed() -> bool {
+    std::process::Command::new("cargo")
+        .args(["lambda", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
