@@ -562,7 +562,6 @@ impl Broker for RabbitBroker {
         let deadline = Instant::now() + self.connector.op_timeout;
         let confirmations = self
             .run("publish", deadline, |lane| async move {
-                let _exclusive = lane.publishing.lock().await;
                 // All publishes first, then all confirms: one round trip for the batch.
                 let mut pending = Vec::with_capacity(batch.len());
                 for publication in batch {
@@ -600,7 +599,10 @@ impl Broker for RabbitBroker {
         }
         // A basic.return (no queue is bound to the key) comes before the ack of its
         // message, but an ack may cover several messages and lapin hands the return to
-        // the first confirm it settles: match returns to events by message id.
+        // the first confirm it settles: match returns to events by message id. (A
+        // return can still land on another publish sharing the lane, which then ignores
+        // it; serializing publishes per lane to prevent that cost far too much
+        // throughput, see the README's "Measured".)
         let mut returned: HashMap<String, usize> = HashMap::new();
         for message in confirmations.into_iter().filter_map(|c| c.take_message()) {
             let id = message

@@ -52,7 +52,6 @@ pub(super) struct Session {
 struct Slot {
     channel: Channel,
     load: Arc<AtomicUsize>,
-    publishing: Arc<Mutex<()>>,
 }
 
 /// A channel borrowed for one operation or one held poll; returned when dropped.
@@ -60,11 +59,6 @@ pub(super) struct Lane {
     pub channel: Channel,
     pub connection: Arc<Connection>,
     load: Arc<AtomicUsize>,
-    /// Held for the whole of a publish, from the first message to the last confirm:
-    /// lapin hands a `basic.return` to whichever confirm comes next (an ack may cover
-    /// several messages), so two publishes interleaved on one channel could swap
-    /// which of their events was routed.
-    pub publishing: Arc<Mutex<()>>,
 }
 
 impl Drop for Lane {
@@ -192,7 +186,6 @@ impl Session {
             channel: slot.channel.clone(),
             connection: self.connection.clone(),
             load: slot.load.clone(),
-            publishing: slot.publishing.clone(),
         })
     }
 
@@ -234,7 +227,6 @@ impl Session {
         Ok(Slot {
             channel,
             load: Arc::default(),
-            publishing: Arc::default(),
         })
     }
 }
