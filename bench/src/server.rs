@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use longpoll_tests::watch::free_port;
 use tokio::time::Instant;
 
 /// A server process on a free loopback port; killed when dropped.
@@ -67,12 +68,4 @@ impl Drop for Server {
 pub fn sibling(name: &str) -> PathBuf {
     let me = std::env::current_exe().expect("the running executable's path");
     me.with_file_name(name)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
