@@ -58,6 +58,12 @@ use crate::{
 /// Bound on stopping a consumer and acking its deliveries once the wait is over. It
 /// takes a millisecond on a healthy broker; past this the channel is abandoned.
 const CLEANUP_BUDGET: Duration = Duration::from_millis(1000);
+/// The least time a poll's set-up (declare, binds, consume) gets, even when the hold is
+/// shorter: on a busy broker a short hold would otherwise answer 503 for a set-up that
+/// was about to succeed. A set-up that ends after the hold answers at once with what is
+/// queued. Well inside a function timeout sized for the 5.5 s hold, since holds shorter
+/// than this are configured ones, not the Lambda deadline closing in.
+const LEAST_SET_UP_BUDGET: Duration = Duration::from_millis(1500);
 /// How long a queue this process declared and bound is taken as still there, so a
 /// user's next polls skip the declare and binds (one round trip instead of several).
 /// Far below the queue's 30-minute `x-expires`, which only runs while it is unused.
@@ -373,13 +379,15 @@ impl RabbitBroker {
     }
 
     /// A consumer on `queue` (declared and bound to `keys` unless this process just did),
-    /// on a borrowed lane, within `deadline`: a poll's set-up.
+    /// on a borrowed lane, within `deadline` or [`LEAST_SET_UP_BUDGET`], whichever is
+    /// later: a poll's set-up.
     async fn set_up_consumer(
         &self,
         queue: &str,
         keys: &[String],
         deadline: Instant,
     ) -> Result<(Lane, lapin::Consumer), BrokerError> {
+        let deadline = deadline.max(Instant::now() + LEAST_SET_UP_BUDGET);
         self.run("poll set-up", deadline, |lane| async move {
             let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
             Ok((lane, consumer))
