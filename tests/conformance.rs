@@ -240,6 +240,32 @@ async fn reports_unrouted_events(make: MakeBroker) {
     assert!(!receipt.routed, "a college nobody polls for");
 }
 
+/// Publishes in flight together each learn whether *their* event was routed: a
+/// `basic.return` belongs to the publish that sent the returned event, never to another
+/// one that happened to share its channel.
+async fn concurrent_publishes_report_their_own_routing(make: MakeBroker) {
+    let broker = make(&config(&unique_name("conformance")));
+    let listener = subscriber(unique_user(), None);
+    declare(&*broker, &listener).await;
+    let nobody = unique_user();
+    let publishes = (0..200).map(|n| {
+        let broker = broker.clone();
+        let (to, bound) = if n % 2 == 0 {
+            (listener.user_id, true)
+        } else {
+            (nobody, false)
+        };
+        tokio::spawn(async move {
+            let receipt = publish(&*broker, Audience::User(to), &message(n)).await;
+            (receipt.routed, bound)
+        })
+    });
+    for publish in publishes.collect::<Vec<_>>() {
+        let (routed, bound) = publish.await.unwrap();
+        assert_eq!(routed, bound, "a receipt reported another event's routing");
+    }
+}
+
 /// Presence: online after `mark_online`, offline after `mark_offline`, offline again
 /// once the TTL lapses without a poll.
 async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
@@ -321,6 +347,7 @@ longpoll_tests::on_both_brokers!(
     college_events_reach_every_member_once,
     user_events_reach_only_that_user,
     reports_unrouted_events,
+    concurrent_publishes_report_their_own_routing,
     presence_follows_polls_and_disconnects,
     concurrent_polls_of_one_user_share_the_queue,
 );

@@ -3,10 +3,6 @@
 //! the endpoint at 50 a second, and every broker connection killed every 15 s. No event
 //! may be lost or duplicated (after de-duplication by id), and no 5xx but 503 may come
 //! back.
-//!
-//! Ignored for now: it fails, and that is what it is for. It finds 2–6 events a minute
-//! confirmed to the publisher but never delivered (issue 8's closing note has the
-//! analysis so far). Run it with `cargo test -p longpoll-bench --test soak -- --ignored`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +12,6 @@ use longpoll_local::{BrokerKind, Functions, cors, serve};
 use longpoll_tests::private_node::PrivateNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds events confirmed but never delivered under connection kills (issue 8)"]
 async fn a_minute_of_pollers_and_connection_kills_loses_and_duplicates_nothing() {
     let node = PrivateNode::start(None);
     let config = Config::new(&node.url(), None, "longpoll-local");

@@ -43,7 +43,7 @@ use tracing::warn;
 
 use self::{
     linger::Subscriptions,
-    session::{Connector, Lane, poison},
+    session::{Borrow, Connector, Lane, OwnLane, poison},
 };
 use super::{Broker, BrokerError, Publication, Receipt};
 use crate::{
@@ -239,9 +239,7 @@ impl RabbitBroker {
         .await
     }
 
-    /// Runs `operation` on a borrowed lane, within one round-trip timeout and the
-    /// caller's deadline; on failure tries once more (on a fresh connection if the old
-    /// one died).
+    /// Runs `operation` on a borrowed shared lane: see [`Self::run_on`].
     async fn run<T, F, Fut>(
         &self,
         name: &'static str,
@@ -250,6 +248,37 @@ impl RabbitBroker {
     ) -> Result<T, BrokerError>
     where
         F: Fn(Lane) -> Fut,
+        Fut: Future<Output = lapin::Result<T>>,
+    {
+        self.run_on(name, deadline, operation).await
+    }
+
+    /// Runs `operation` on a channel of its own: see [`Self::run_on`].
+    async fn run_alone<T, F, Fut>(
+        &self,
+        name: &'static str,
+        deadline: Instant,
+        operation: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: Fn(OwnLane) -> Fut,
+        Fut: Future<Output = lapin::Result<T>>,
+    {
+        self.run_on(name, deadline, operation).await
+    }
+
+    /// Runs `operation` on a borrowed channel, within one round-trip timeout and the
+    /// caller's deadline; on failure tries once more (on a fresh connection if the old
+    /// one died).
+    async fn run_on<L, T, F, Fut>(
+        &self,
+        name: &'static str,
+        deadline: Instant,
+        operation: F,
+    ) -> Result<T, BrokerError>
+    where
+        L: Borrow,
+        F: Fn(L) -> Fut,
         Fut: Future<Output = lapin::Result<T>>,
     {
         let mut attempts_left = 2;
@@ -263,7 +292,7 @@ impl RabbitBroker {
                 .map_err(|_| BrokerError::Timeout(name))?
                 .expect("the semaphore is never closed");
             let step_deadline = deadline.min(Instant::now() + self.connector.op_timeout);
-            let error = match timeout_at(step_deadline, session.lane()).await {
+            let error = match timeout_at(step_deadline, L::borrow(&session)).await {
                 Err(_) => BrokerError::Timeout(name),
                 Ok(Err(error)) => failed(name, error),
                 Ok(Ok(lane)) => {
@@ -569,7 +598,7 @@ impl Broker for RabbitBroker {
     async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError> {
         let deadline = Instant::now() + self.connector.op_timeout;
         let confirmations = self
-            .run("publish", deadline, |lane| async move {
+            .run_alone("publish", deadline, |lane| async move {
                 // All publishes first, then all confirms: one round trip for the batch.
                 let mut pending = Vec::with_capacity(batch.len());
                 for publication in batch {
@@ -592,6 +621,7 @@ impl Broker for RabbitBroker {
                 for confirm in pending {
                     confirmations.push(confirm.await?);
                 }
+                lane.finished();
                 Ok(confirmations)
             })
             .await?;
@@ -607,10 +637,8 @@ impl Broker for RabbitBroker {
         }
         // A basic.return (no queue is bound to the key) comes before the ack of its
         // message, but an ack may cover several messages and lapin hands the return to
-        // the first confirm it settles: match returns to events by message id. (A
-        // return can still land on another publish sharing the lane, which then ignores
-        // it; serializing publishes per lane to prevent that cost far too much
-        // throughput, see the README's "Measured".)
+        // whichever of them it settles first: match returns to events by message id.
+        // The channel was this publish's alone, so every return on it is one of ours.
         let mut returned: HashMap<String, usize> = HashMap::new();
         for message in confirmations.into_iter().filter_map(|c| c.take_message()) {
             let id = message

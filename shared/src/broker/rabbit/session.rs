@@ -6,9 +6,13 @@
 //! held polls over a few channels spreads the broker's work over its cores, and a
 //! channel error (which closes the channel) only touches the polls on that lane. A
 //! Lambda instance runs one poll at a time and so only ever opens one channel.
+//!
+//! A publish takes a channel of its own instead, from a pool of idle ones: lapin hands
+//! a `basic.return` to whichever confirm of the channel settles next, so on a shared
+//! channel one publish's unroutable event could be reported as another's.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex as SyncMutex,
     atomic::{AtomicUsize, Ordering},
 };
 
@@ -47,6 +51,10 @@ pub(super) struct Connector {
 pub(super) struct Session {
     pub connection: Arc<Connection>,
     lanes: Arc<Mutex<Vec<Slot>>>,
+    /// Publish channels not in use; each [`OwnLane`] comes from here or is new.
+    idle_own: Arc<SyncMutex<Vec<Channel>>>,
+    /// Own lanes borrowed now.
+    own_in_use: Arc<AtomicUsize>,
 }
 
 struct Slot {
@@ -64,6 +72,55 @@ pub(super) struct Lane {
 impl Drop for Lane {
     fn drop(&mut self) {
         self.load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an operation borrows from the session to run on: a shared [`Lane`] or an
+/// [`OwnLane`].
+pub(super) trait Borrow: Sized + Send {
+    fn borrow(session: &Session) -> impl Future<Output = lapin::Result<Self>> + Send;
+}
+
+impl Borrow for Lane {
+    fn borrow(session: &Session) -> impl Future<Output = lapin::Result<Self>> + Send {
+        session.lane()
+    }
+}
+
+impl Borrow for OwnLane {
+    fn borrow(session: &Session) -> impl Future<Output = lapin::Result<Self>> + Send {
+        session.own_lane()
+    }
+}
+
+/// A channel used by one operation alone, returned to the idle ones when dropped if
+/// [`OwnLane::finished`] says nothing is outstanding on it; closed otherwise, so a late
+/// confirm or return of an abandoned publish cannot reach the next one.
+pub(super) struct OwnLane {
+    pub channel: Channel,
+    finished: bool,
+    idle: Arc<SyncMutex<Vec<Channel>>>,
+    in_use: Arc<AtomicUsize>,
+}
+
+impl OwnLane {
+    /// Every reply the operation expected has arrived: the channel can serve another.
+    pub fn finished(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for OwnLane {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        if self.finished && self.channel.status().connected() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(self.channel.clone());
+        } else {
+            poison(self.channel.clone());
+        }
     }
 }
 
@@ -119,6 +176,8 @@ impl Connector {
         let session = Session {
             connection: Arc::new(connection),
             lanes: Arc::default(),
+            idle_own: Arc::default(),
+            own_in_use: Arc::default(),
         };
         // The first lane also declares the exchange, once per connection.
         let first = timeout_at(deadline, session.open_slot(Some(&self.exchange)))
@@ -189,13 +248,40 @@ impl Session {
         })
     }
 
+    /// A channel for this operation alone: an idle one, or a new one. Their number
+    /// stays below the operations in flight at once, which the broker bounds.
+    pub async fn own_lane(&self) -> lapin::Result<OwnLane> {
+        let idle = {
+            let mut idle = self
+                .idle_own
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            idle.retain(|channel| channel.status().connected());
+            idle.pop()
+        };
+        let channel = match idle {
+            Some(channel) => channel,
+            None => self.open_slot(None).await?.channel,
+        };
+        self.own_in_use.fetch_add(1, Ordering::Relaxed);
+        Ok(OwnLane {
+            channel,
+            finished: false,
+            idle: self.idle_own.clone(),
+            in_use: self.own_in_use.clone(),
+        })
+    }
+
     /// Operations in progress on this connection, held polls included.
     pub fn load(&self) -> usize {
         match self.lanes.try_lock() {
-            Ok(lanes) => lanes
-                .iter()
-                .map(|slot| slot.load.load(Ordering::Relaxed))
-                .sum(),
+            Ok(lanes) => {
+                lanes
+                    .iter()
+                    .map(|slot| slot.load.load(Ordering::Relaxed))
+                    .sum::<usize>()
+                    + self.own_in_use.load(Ordering::Relaxed)
+            }
             // Someone is opening a channel: the connection is in use.
             Err(_) => usize::MAX,
         }
