@@ -18,13 +18,13 @@ use async_trait::async_trait;
 use lapin::{
     Channel, Connection, ConnectionProperties,
     options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use longpoll::{
     Broker, BrokerError, Config, RabbitBroker,
-    broker::{Publication, Receipt},
+    broker::{Publication, Receipt, field_table},
     event::Event,
-    topology::{MAX_BATCH, QueueArgument, Subscriber, UserId, user_queue_arguments},
+    topology::{MAX_BATCH, Subscriber, UserId, user_queue_arguments},
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -86,7 +86,11 @@ impl GuideBaseline {
             ..Default::default()
         };
         channel
-            .queue_declare(queue.as_str().into(), durable, arguments())
+            .queue_declare(
+                queue.as_str().into(),
+                durable,
+                field_table(user_queue_arguments()),
+            )
             .await?;
         for key in subscriber.routing_keys() {
             channel
@@ -167,18 +171,6 @@ impl Broker for GuideBaseline {
     async fn close(&self) {
         self.inner.close().await;
     }
-}
-
-fn arguments() -> FieldTable {
-    let mut table = FieldTable::default();
-    for (name, value) in user_queue_arguments() {
-        let value = match value {
-            QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
-            QueueArgument::Number(number) => AMQPValue::LongLongInt(number as i64),
-        };
-        table.insert(name.into(), value);
-    }
-    table
 }
 
 fn unreachable(error: lapin::Error) -> BrokerError {

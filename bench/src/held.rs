@@ -85,14 +85,7 @@ pub fn print(
         "events published: {}, lost: {}, duplicated: {}",
         report.published, report.lost, report.duplicated
     );
-    let [p50, p90, p99, max] = report.latency_ms();
-    println!(
-        "publish-to-response latency: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
-        stats::ms(p50),
-        stats::ms(p90),
-        stats::ms(p99),
-        stats::ms(max)
-    );
+    println!("{}", report.latency_line());
     match (pid, report.rss_kib.last()) {
         (Some(pid), Some(last)) => println!(
             "server (pid {pid}) RSS: {:.1} MiB at the end, {:.1} MiB peak",

@@ -101,13 +101,9 @@ impl LoadReport {
 
     /// One line: latency, events, failures.
     pub fn summary(&self) -> String {
-        let [p50, p90, p99, max] = self.latency_ms();
         format!(
-            "p50 {} p90 {} p99 {} max {} ms; events {} (unrouted {}, of which delivered {}), lost {}, duplicated {}; failed polls {:?}, failed publishes {:?}",
-            stats::ms(p50),
-            stats::ms(p90),
-            stats::ms(p99),
-            stats::ms(max),
+            "{}; events {} (unrouted {}, of which delivered {}), lost {}, duplicated {}; failed polls {:?}, failed publishes {:?}",
+            self.latency_line(),
             self.published,
             self.unrouted,
             self.unrouted_but_delivered,
@@ -116,6 +112,12 @@ impl LoadReport {
             self.poll_failures,
             self.publish_failures
         )
+    }
+
+    /// "publish→response p50 … ms, p90 …, p99 …, max …".
+    pub fn latency_line(&self) -> String {
+        let [p50, p90, p99, max] = self.latency_ms().map(stats::ms);
+        format!("publish→response p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, max {max} ms")
     }
 
     /// (p50, p90, p99, max) publish-to-response latency in milliseconds.

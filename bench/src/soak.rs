@@ -130,7 +130,6 @@ impl SoakReport {
 
     pub fn print(&self) {
         let load = &self.load;
-        let [p50, p90, p99, max] = load.latency_ms();
         println!(
             "window {:.0} s, connection kills {}, polls answered {}",
             load.window.as_secs_f64(),
@@ -147,12 +146,9 @@ impl SoakReport {
         );
         println!("publish failures by status: {:?}", load.publish_failures);
         println!(
-            "5xx other than 503: {}; publish→response p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+            "5xx other than 503: {}; {}",
             self.unexpected_server_errors(),
-            stats::ms(p50),
-            stats::ms(p90),
-            stats::ms(p99),
-            stats::ms(max)
+            load.latency_line()
         );
         if let Some((start, end, peak)) = self.rss_mib() {
             println!(

@@ -14,7 +14,7 @@ mod memory;
 mod rabbit;
 
 pub use memory::MemoryBroker;
-pub use rabbit::{RabbitBroker, Tail};
+pub use rabbit::{RabbitBroker, Tail, field_table};
 
 use async_trait::async_trait;
 use tokio::time::Instant;

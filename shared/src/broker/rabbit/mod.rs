@@ -865,7 +865,9 @@ fn decode(queue: &str, delivery: &Delivery) -> Option<Event> {
     }
 }
 
-fn field_table(arguments: Vec<(&'static str, QueueArgument)>) -> FieldTable {
+/// Queue arguments (as [`crate::topology`] states them) as an AMQP field table, for
+/// anything that declares the contract's queues over lapin.
+pub fn field_table(arguments: Vec<(&'static str, QueueArgument)>) -> FieldTable {
     let mut table = FieldTable::default();
     for (name, value) in arguments {
         let value = match value {
