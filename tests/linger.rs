@@ -1,5 +1,6 @@
 //! Lingering consumers (the local server's RabbitMQ mode): a user's consumer outlives
-//! their poll, and gives back what it holds when no poll comes for it.
+//! their poll, and gives back what it holds when no poll comes for it; in cursor mode it
+//! also keeps what it returned until the client acknowledges it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -62,6 +63,55 @@ async fn a_lingered_out_consumer_gives_its_events_back() {
     assert_eq!(
         events.iter().map(message_data_id).collect::<Vec<_>>(),
         [1, 2, 3]
+    );
+    lingering.close().await;
+}
+
+/// Cursor mode keeps what it returned on the lingering consumer, unacked, until the
+/// client acknowledges it: the re-poll costs no consume, and when the client stops
+/// polling, the unacknowledged events (shown or not) go back to the queue in order,
+/// for a cursor poll from another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
+    let config = config(&unique_name("linger"));
+    let lingering: Arc<dyn Broker> =
+        Arc::new(RabbitBroker::new(&config).with_lingering_consumers(LINGER));
+    let user = subscriber(unique_user(), None);
+    let hold = || Instant::now() + Duration::from_secs(5);
+    lingering.mark_online(user.user_id).await.unwrap();
+    let first = lingering
+        .wait_with_cursor(&user, "", Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(first.is_empty());
+    let bodies: Vec<_> = (1..=4).map(message).collect();
+    publish_all(&*lingering, Audience::User(user.user_id), &bodies[..2]).await;
+
+    let shown = lingering.wait_with_cursor(&user, "", hold()).await.unwrap();
+    assert_eq!(
+        shown.iter().map(message_data_id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        consumers_on(&user.queue_name()),
+        1,
+        "one consumer throughout"
+    );
+    // The client got 1 and 2 but acknowledges only 1 (its answer with 2 was lost).
+    let again = lingering
+        .wait_with_cursor(&user, &shown[0].id, hold())
+        .await
+        .unwrap();
+    assert_eq!(again.iter().map(message_data_id).collect::<Vec<_>>(), [2]);
+    publish_all(&*lingering, Audience::User(user.user_id), &bodies[2..]).await;
+
+    tokio::time::sleep(LINGER * 3).await;
+    assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
+    let other = rabbit(&longpoll_tests::config(&unique_name("linger-other")));
+    let given_back = other.wait_with_cursor(&user, "", hold()).await.unwrap();
+    assert_eq!(
+        given_back.iter().map(message_data_id).collect::<Vec<_>>(),
+        [2, 3, 4]
     );
     lingering.close().await;
 }

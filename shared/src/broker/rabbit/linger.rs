@@ -11,8 +11,13 @@
 //! requeued, in order, for whoever polls next; if the connection dies, the broker
 //! requeues it. So nothing is lost, but with several processes serving one queue a
 //! lingering consumer in one of them would hold events for up to `linger` while the
-//! user polls another: hence long-running, single-process servers only. Cursor mode
-//! (`?ack=`) requeues what it returns and does not use lingering consumers.
+//! user polls another: hence long-running, single-process servers only.
+//!
+//! Cursor mode (`?ack=`) keeps what it returns *handed out*: delivered to the
+//! subscription and unacked at the broker, until a later poll acknowledges it (then it
+//! is acked) or the subscription ends (then the broker has it back, in order). So a
+//! cursor re-poll costs one ack per event instead of a consume, a cancel and a requeue
+//! of the whole queue.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -33,6 +38,7 @@ use tokio::{
 use super::session::{Lane, poison};
 use crate::{
     broker::BrokerError,
+    event::Event,
     topology::{MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL},
 };
 
@@ -54,6 +60,9 @@ pub(super) struct Subscription {
 
 #[derive(Default)]
 struct State {
+    /// Cursor mode: deliveries moved out of the buffer for cursor polls and not yet
+    /// acknowledged by the client, in delivery order. They come before `buffered`.
+    handed_out: VecDeque<HandedOut>,
     /// Deliveries not yet taken by a poll, with when each arrived.
     buffered: VecDeque<(Delivery, SystemTime)>,
     /// Polls attached right now.
@@ -64,9 +73,18 @@ struct State {
     ended: Option<Option<String>>,
 }
 
-/// What a poll attached to a subscription gets.
-pub(super) enum Taken {
-    Deliveries(Vec<Delivery>),
+struct HandedOut {
+    delivery: Delivery,
+    arrived: SystemTime,
+    /// Returned to a poll: only such a delivery can the client acknowledge. (One not
+    /// yet shown can sort before a shown one: see `take_with_cursor`.)
+    shown: bool,
+}
+
+/// What a poll attached to a subscription gets: deliveries (a guide-mode poll, which
+/// owns them) or events (a cursor poll, whose deliveries stay handed out).
+pub(super) enum Taken<T> {
+    Deliveries(Vec<T>),
     /// The consumer ended without a failure (the queue was deleted): an empty answer.
     Ended,
 }
@@ -170,7 +188,7 @@ impl Attached {
     /// past its time to live (a 10 s `typing` event) is dropped, and when the buffer is
     /// full (the prefetch of 100) the rest is fetched from the queue and only the newest
     /// 100 are kept, as `x-max-length` with `drop-head` would have.
-    pub async fn take(&self, deadline: Instant) -> Result<Taken, BrokerError> {
+    pub async fn take(&self, deadline: Instant) -> Result<Taken<Delivery>, BrokerError> {
         let subscription = &self.0;
         loop {
             // Register for the wake-up before looking, so an arrival in between counts.
@@ -179,6 +197,11 @@ impl Attached {
             arrival.as_mut().enable();
             let (mut batch, full): (Vec<(Delivery, SystemTime)>, bool) = {
                 let mut state = subscription.state();
+                // A cursor poll's leftovers, if the queue is also polled the guide's way.
+                let handed_out = std::mem::take(&mut state.handed_out);
+                for held in handed_out.into_iter().rev() {
+                    state.buffered.push_front((held.delivery, held.arrived));
+                }
                 let count = state.buffered.len().min(MAX_BATCH);
                 if count == 0 {
                     match &state.ended {
@@ -227,6 +250,145 @@ impl Attached {
             }
         }
     }
+
+    /// Cursor mode: acks the handed-out deliveries the client acknowledged (those
+    /// shown to it, up to and including the last one `acknowledged` picks: the event
+    /// the client names as the last it received), then answers with the handed-out
+    /// deliveries and the buffer, oldest first, up to a batch, as events; with
+    /// nothing, waits for an arrival until `deadline`. What it answers with stays
+    /// handed out. Like [`Self::take`], it answers with what has reached the consumer.
+    ///
+    /// The queue's rules apply here too, as in [`Self::take`]: expired messages are
+    /// dropped, and a full subscription (the prefetch of 100 delivered and unacked)
+    /// fetches the rest of the queue with `basic.get` and keeps the newest 100. Those
+    /// fetches can overtake deliveries still on their way to the consumer (an ack frees
+    /// room in the prefetch), so the handed-out deliveries are kept in delivery-tag
+    /// order (the channel numbers consumer deliveries and fetches in one sequence, in
+    /// the queue's order), and only those shown can be acknowledged.
+    pub async fn take_with_cursor(
+        &self,
+        acknowledged: impl Fn(&Delivery) -> bool,
+        decode: impl Fn(&Delivery) -> Option<Event>,
+        deadline: Instant,
+    ) -> Result<Taken<Event>, BrokerError> {
+        let subscription = &self.0;
+        let acked: Vec<Delivery> = {
+            let mut state = subscription.state();
+            let through = state
+                .handed_out
+                .iter()
+                .rposition(|held| held.shown && acknowledged(&held.delivery));
+            match through {
+                Some(through) => {
+                    let (seen, rest): (VecDeque<_>, VecDeque<_>) = state
+                        .handed_out
+                        .drain(..)
+                        .enumerate()
+                        .partition(|(index, held)| *index <= through && held.shown);
+                    state.handed_out = rest.into_iter().map(|(_, held)| held).collect();
+                    seen.into_iter().map(|(_, held)| held.delivery).collect()
+                }
+                None => Vec::new(),
+            }
+        };
+        remove(acked).await?;
+        loop {
+            let arrival = subscription.arrivals.notified();
+            tokio::pin!(arrival);
+            arrival.as_mut().enable();
+            let full = {
+                let mut state = subscription.state();
+                if state.handed_out.is_empty() && state.buffered.is_empty() {
+                    match &state.ended {
+                        Some(None) => return Ok(Taken::Ended),
+                        Some(Some(reason)) => return Err(failed(reason.clone())),
+                        None => {}
+                    }
+                }
+                let buffered = std::mem::take(&mut state.buffered);
+                state.hand_out(buffered);
+                state.handed_out.len() >= MAX_BATCH
+            };
+            let mut fetched = Vec::new();
+            if full {
+                while let Some(message) = subscription
+                    .channel
+                    .basic_get(
+                        subscription.queue.as_str().into(),
+                        BasicGetOptions::default(),
+                    )
+                    .await
+                    .map_err(|error| failed(error.to_string()))?
+                {
+                    fetched.push((message.delivery, SystemTime::now()));
+                }
+            }
+            let (dropped, events) = {
+                let mut state = subscription.state();
+                state.hand_out(fetched);
+                let now = SystemTime::now();
+                let overflow = state.handed_out.len().saturating_sub(MAX_QUEUE_LENGTH);
+                let mut dropped = Vec::new();
+                let mut events = Vec::new();
+                let handed_out = std::mem::take(&mut state.handed_out);
+                for (index, mut held) in handed_out.into_iter().enumerate() {
+                    let event = (index >= overflow && !expired(&held.delivery, held.arrived, now))
+                        .then(|| decode(&held.delivery))
+                        .flatten();
+                    match event {
+                        Some(event) => {
+                            if events.len() < MAX_BATCH {
+                                events.push(event);
+                                held.shown = true;
+                            }
+                            state.handed_out.push_back(held);
+                        }
+                        // Dropped by the queue's rules, or not an event: left handed
+                        // out it would come back on every poll.
+                        None => dropped.push(held.delivery),
+                    }
+                }
+                (dropped, events)
+            };
+            remove(dropped).await?;
+            if !events.is_empty() {
+                return Ok(Taken::Deliveries(events));
+            }
+            if timeout_at(deadline, arrival).await.is_err() {
+                return Ok(Taken::Deliveries(Vec::new()));
+            }
+        }
+    }
+}
+
+impl State {
+    /// Adds `deliveries` to the handed-out ones, not shown yet, in delivery order.
+    fn hand_out(&mut self, deliveries: impl IntoIterator<Item = (Delivery, SystemTime)>) {
+        let before = self.handed_out.len();
+        self.handed_out
+            .extend(deliveries.into_iter().map(|(delivery, arrived)| HandedOut {
+                delivery,
+                arrived,
+                shown: false,
+            }));
+        if self.handed_out.len() > before {
+            self.handed_out
+                .make_contiguous()
+                .sort_by_key(|held| held.delivery.delivery_tag);
+        }
+    }
+}
+
+/// Acks `deliveries`, one by one (the lane is shared, see `settle`).
+async fn remove(deliveries: Vec<Delivery>) -> Result<(), BrokerError> {
+    for delivery in deliveries {
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+    }
+    Ok(())
 }
 
 fn failed(reason: String) -> BrokerError {
@@ -300,6 +462,7 @@ async fn run(
         // The broker requeues a dead channel's unacked deliveries itself; for a consumer
         // the broker cancelled (queue deleted) they are gone with the queue.
         state.buffered.clear();
+        state.handed_out.clear();
     }
     subscription.arrivals.notify_waiters();
 }
@@ -317,7 +480,16 @@ async fn give_back(lane: &Lane, mut consumer: lapin::Consumer, subscription: &Su
                 .buffered
                 .push_back((delivery?, SystemTime::now()));
         }
-        let buffered: Vec<_> = subscription.state().buffered.drain(..).collect();
+        // Handed out first: they are the oldest.
+        let buffered: Vec<_> = {
+            let mut state = subscription.state();
+            let buffered = std::mem::take(&mut state.buffered);
+            let handed_out = state.handed_out.drain(..);
+            handed_out
+                .map(|held| (held.delivery, held.arrived))
+                .chain(buffered)
+                .collect()
+        };
         for (delivery, _) in buffered {
             let requeue = BasicRejectOptions { requeue: true };
             delivery.acker.reject(requeue).await?;

@@ -152,8 +152,30 @@ impl RabbitBroker {
         }
     }
 
-    /// A guide-mode poll through a lingering consumer: attach to the queue's consumer
-    /// (starting one if there is none) and take what it has buffered or receives.
+    /// The lingering consumer of the subscriber's queue, attached to (one is started if
+    /// there is none).
+    async fn attach_lingering(
+        &self,
+        subscriptions: &Arc<Subscriptions>,
+        subscriber: &Subscriber,
+        deadline: Instant,
+    ) -> Result<linger::Attached, BrokerError> {
+        let queue = subscriber.queue_name();
+        let keys = subscriber.routing_keys();
+        let key = format!("{queue} {}", keys.join(" "));
+        loop {
+            if let Some(attached) = subscriptions.attach(&key) {
+                return Ok(attached);
+            }
+            let (lane, consumer) = self.set_up_consumer(&queue, &keys, deadline).await?;
+            if let Some(attached) = subscriptions.insert(key.clone(), &queue, lane, consumer) {
+                return Ok(attached);
+            }
+        }
+    }
+
+    /// A guide-mode poll through a lingering consumer: takes what it has buffered or
+    /// receives.
     async fn wait_lingering(
         &self,
         subscriptions: &Arc<Subscriptions>,
@@ -161,28 +183,55 @@ impl RabbitBroker {
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
         let queue = subscriber.queue_name();
-        let keys = subscriber.routing_keys();
-        let key = format!("{queue} {}", keys.join(" "));
-        let attached = loop {
-            if let Some(attached) = subscriptions.attach(&key) {
-                break attached;
-            }
-            let (lane, consumer) = self.set_up_consumer(&queue, &keys, deadline).await?;
-            if let Some(attached) = subscriptions.insert(key.clone(), &queue, lane, consumer) {
-                break attached;
-            }
-        };
-        match attached.take(deadline).await {
-            Ok(linger::Taken::Deliveries(deliveries)) => Ok(deliveries
+        let attached = self
+            .attach_lingering(subscriptions, subscriber, deadline)
+            .await?;
+        let taken = attached.take(deadline).await;
+        self.lingering_answer(&queue, taken, |deliveries| {
+            deliveries
                 .iter()
                 .filter_map(|delivery| decode(&queue, delivery))
-                .collect()),
+                .collect()
+        })
+    }
+
+    /// A cursor-mode poll through a lingering consumer: see [`linger::Attached::take_with_cursor`].
+    async fn wait_lingering_with_cursor(
+        &self,
+        subscriptions: &Arc<Subscriptions>,
+        subscriber: &Subscriber,
+        acked: &str,
+        deadline: Instant,
+    ) -> Result<Vec<Event>, BrokerError> {
+        let queue = subscriber.queue_name();
+        let attached = self
+            .attach_lingering(subscriptions, subscriber, deadline)
+            .await?;
+        let acknowledged =
+            |delivery: &Delivery| decode(&queue, delivery).is_some_and(|event| event.id == acked);
+        let taken = attached
+            .take_with_cursor(acknowledged, |delivery| decode(&queue, delivery), deadline)
+            .await;
+        self.lingering_answer(&queue, taken, |events| events)
+    }
+
+    /// The answer to a poll on a lingering consumer: its events, or none if the consumer
+    /// ended (the queue was deleted); either way the queue is declared again next time
+    /// unless the poll got events.
+    fn lingering_answer<T>(
+        &self,
+        queue: &str,
+        taken: Result<linger::Taken<T>, BrokerError>,
+        events: impl FnOnce(Vec<T>) -> Vec<Event>,
+    ) -> Result<Vec<Event>, BrokerError> {
+        match taken {
+            Ok(linger::Taken::Deliveries(taken)) => Ok(events(taken)),
             Ok(linger::Taken::Ended) => {
-                self.forget_declared(&queue);
+                self.forget_declared(queue);
                 Ok(Vec::new())
             }
             Err(error) => {
-                self.forget_declared(&queue);
+                self.forget_declared(queue);
                 Err(error)
             }
         }
@@ -694,6 +743,11 @@ impl Broker for RabbitBroker {
         acked: &str,
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
+        if let Some(subscriptions) = &self.subscriptions {
+            return self
+                .wait_lingering_with_cursor(subscriptions, subscriber, acked, deadline)
+                .await;
+        }
         let mut acked = Some(acked);
         loop {
             // The whole queue (it keeps at most 100) plus what arrives while we read it.
