@@ -170,6 +170,7 @@ struct Counters {
     answered: AtomicUsize,
     stop: AtomicBool,
     failures: Mutex<BTreeMap<u16, usize>>,
+    last_failure: Mutex<Option<Instant>>,
 }
 
 /// Runs the load; returns when the drain period after the last publish is over.
@@ -209,13 +210,23 @@ pub async fn run(options: LoadOptions) -> LoadReport {
         }
     }
     // Publishing starts once 99 % of the users hold a poll (the others are between two
-    // polls) or after a minute, and a second
-    // more for the last ones' queues to be declared: an event to a user without a queue
+    // polls) and no poll has failed for two seconds, or after a minute; then a second
+    // more for the last ones' queues to be declared. An event to a user without a queue
     // is not routed, and one to a user still backing off after a 503 of the ramp would
     // measure the back-off.
     let settled_by = Instant::now() + Duration::from_secs(60);
     let settled = options.users - options.users / 100;
-    while counters.in_flight.load(Ordering::Relaxed) < settled && Instant::now() < settled_by {
+    let quiet_for = Duration::from_secs(2);
+    loop {
+        let holding = counters.in_flight.load(Ordering::Relaxed) >= settled;
+        let quiet = counters
+            .last_failure
+            .lock()
+            .unwrap()
+            .is_none_or(|at| at.elapsed() >= quiet_for);
+        if (holding && quiet) || Instant::now() >= settled_by {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -301,6 +312,7 @@ impl Poller {
                         .as_ref()
                         .map_or(0, |response| response.status().as_u16());
                     *counters.failures.lock().unwrap().entry(status).or_default() += 1;
+                    *counters.last_failure.lock().unwrap() = Some(Instant::now());
                     let retry_after = other.ok().and_then(|response| retry_after(&response));
                     self.back_off(retry_after).await;
                     continue;
