@@ -157,6 +157,21 @@ impl Subscription {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The rest of the queue, by `basic.get`: what a full buffer (the prefetch of 100
+    /// delivered and unacked) leaves there.
+    async fn fetch_rest(&self) -> Result<Vec<(Delivery, SystemTime)>, BrokerError> {
+        let mut fetched = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .map_err(|error| failed(error.to_string()))?
+        {
+            fetched.push((message.delivery, SystemTime::now()));
+        }
+        Ok(fetched)
+    }
+
     /// Counts a poll in; false once the consumer has ended.
     fn attach(&self) -> bool {
         let mut state = self.state();
@@ -214,17 +229,7 @@ impl Attached {
                 (state.buffered.drain(..count).collect(), full)
             };
             if full {
-                while let Some(message) = subscription
-                    .channel
-                    .basic_get(
-                        subscription.queue.as_str().into(),
-                        BasicGetOptions::default(),
-                    )
-                    .await
-                    .map_err(|error| failed(error.to_string()))?
-                {
-                    batch.push((message.delivery, SystemTime::now()));
-                }
+                batch.extend(subscription.fetch_rest().await?);
             }
             let now = SystemTime::now();
             let overflow = batch.len().saturating_sub(MAX_QUEUE_LENGTH);
@@ -309,20 +314,11 @@ impl Attached {
                 state.hand_out(buffered);
                 state.handed_out.len() >= MAX_BATCH
             };
-            let mut fetched = Vec::new();
-            if full {
-                while let Some(message) = subscription
-                    .channel
-                    .basic_get(
-                        subscription.queue.as_str().into(),
-                        BasicGetOptions::default(),
-                    )
-                    .await
-                    .map_err(|error| failed(error.to_string()))?
-                {
-                    fetched.push((message.delivery, SystemTime::now()));
-                }
-            }
+            let fetched = if full {
+                subscription.fetch_rest().await?
+            } else {
+                Vec::new()
+            };
             let (dropped, events) = {
                 let mut state = subscription.state();
                 state.hand_out(fetched);

@@ -302,20 +302,6 @@ impl RabbitBroker {
         self.run_on(name, deadline, operation).await
     }
 
-    /// Runs `operation` on a channel of its own: see [`Self::run_on`].
-    async fn run_alone<T, F, Fut>(
-        &self,
-        name: &'static str,
-        deadline: Instant,
-        operation: F,
-    ) -> Result<T, BrokerError>
-    where
-        F: Fn(OwnLane) -> Fut,
-        Fut: Future<Output = lapin::Result<T>>,
-    {
-        self.run_on(name, deadline, operation).await
-    }
-
     /// Runs `operation` on a borrowed channel, within one round-trip timeout and the
     /// caller's deadline; on failure tries once more (on a fresh connection if the old
     /// one died).
@@ -646,8 +632,9 @@ async fn collect_rest(
 impl Broker for RabbitBroker {
     async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError> {
         let deadline = Instant::now() + self.connector.op_timeout;
+        // On a channel of its own: see `session` on returns.
         let confirmations = self
-            .run_alone("publish", deadline, |lane| async move {
+            .run_on("publish", deadline, |lane: OwnLane| async move {
                 // All publishes first, then all confirms: one round trip for the batch.
                 let mut pending = Vec::with_capacity(batch.len());
                 for publication in batch {
