@@ -28,7 +28,9 @@ use std::{
 use futures_lite::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicRejectOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicQosOptions, BasicRejectOptions,
+    },
 };
 use tokio::{
     sync::Notify,
@@ -53,6 +55,8 @@ pub(super) struct Subscription {
     state: Mutex<State>,
     /// The consumer's channel, for topping a full buffer up with `basic.get`.
     channel: lapin::Channel,
+    /// The consumer (a handle to the one `run` feeds from), for [`Subscription::catch_up`].
+    consumer: lapin::Consumer,
     queue: String,
     /// Woken when a delivery arrives or the consumer ends.
     arrivals: Notify,
@@ -129,6 +133,7 @@ impl Subscriptions {
         let subscription = Arc::new(Subscription {
             state: Mutex::new(State::default()),
             channel: lane.channel.clone(),
+            consumer: consumer.clone(),
             queue: queue.to_owned(),
             arrivals: Notify::new(),
         });
@@ -155,6 +160,56 @@ impl Subscription {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes sure the buffer holds every delivery the broker sent before now, when it
+    /// holds some but less than a batch (a full one has everything the prefetch lets
+    /// through). A publish is confirmed on another channel, so a poll right after the
+    /// confirm could otherwise answer with part of what reached the queue. The reply
+    /// to a `basic.qos` (which changes nothing: the same per-consumer prefetch) comes
+    /// on the consumer's channel after the deliveries sent before it; what the
+    /// consumer has received by then is moved to the buffer here rather than left to
+    /// the feeding task, in delivery-tag order.
+    async fn catch_up(&self) -> Result<(), BrokerError> {
+        let held = {
+            let state = self.state();
+            state.buffered.len() + state.handed_out.len()
+        };
+        if held == 0 || held >= MAX_BATCH {
+            return Ok(());
+        }
+        self.channel
+            .basic_qos(MAX_BATCH as u16, BasicQosOptions { global: false })
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        let mut consumer = self.consumer.clone();
+        let mut received = Vec::new();
+        let mut failure = None;
+        while let Some(Some(next)) = futures_lite::future::poll_once(consumer.next()).await {
+            match next {
+                Ok(delivery) => received.push((delivery, SystemTime::now())),
+                Err(error) => {
+                    failure = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        let mut state = self.state();
+        state.buffered.extend(received);
+        state
+            .buffered
+            .make_contiguous()
+            .sort_by_key(|(delivery, _)| delivery.delivery_tag);
+        match failure {
+            // Taken from the feeding task's stream: the subscription ends here instead.
+            Some(reason) => {
+                state.ended = Some(Some(reason.clone()));
+                drop(state);
+                self.arrivals.notify_waiters();
+                Err(failed(reason))
+            }
+            None => Ok(()),
+        }
     }
 
     /// The rest of the queue, by `basic.get`: what a full buffer (the prefetch of 100
@@ -210,6 +265,7 @@ impl Attached {
             let arrival = subscription.arrivals.notified();
             tokio::pin!(arrival);
             arrival.as_mut().enable();
+            subscription.catch_up().await?;
             let (mut batch, full): (Vec<(Delivery, SystemTime)>, bool) = {
                 let mut state = subscription.state();
                 // A cursor poll's leftovers, if the queue is also polled the guide's way.
@@ -301,6 +357,7 @@ impl Attached {
             let arrival = subscription.arrivals.notified();
             tokio::pin!(arrival);
             arrival.as_mut().enable();
+            subscription.catch_up().await?;
             let full = {
                 let mut state = subscription.state();
                 if state.handed_out.is_empty() && state.buffered.is_empty() {
