@@ -336,6 +336,37 @@ async fn concurrent_polls_of_one_user_share_the_queue(make: MakeBroker) {
     assert_eq!(seen, (1..=10).collect::<Vec<_>>());
 }
 
+/// A token moved to another college: on the next poll the queue is bound to the new
+/// college only, so the old college's notices no longer reach the user.
+async fn a_poll_rebinds_a_user_who_changed_college(make: MakeBroker) {
+    let broker = make(&config(&unique_name("conformance")));
+    let (old, new) = (unique_college(), unique_college());
+    let user = unique_user();
+    declare(&*broker, &subscriber(user, Some(old))).await;
+    declare(&*broker, &subscriber(user, Some(new))).await;
+
+    let stale = publish(&*broker, Audience::College(old), &notice("old college")).await;
+    assert!(
+        !stale.routed,
+        "no queue is bound to the old college any more"
+    );
+    publish(&*broker, Audience::College(new), &notice("new college")).await;
+    let events = broker
+        .wait_for_events(&subscriber(user, Some(new)), Instant::now() + HOLD)
+        .await
+        .unwrap();
+    let titles: Vec<_> = events
+        .iter()
+        .map(|event| event.data["title"].clone())
+        .collect();
+    assert_eq!(titles, ["new college"]);
+
+    // Losing the college unbinds it too.
+    declare(&*broker, &subscriber(user, None)).await;
+    let gone = publish(&*broker, Audience::College(new), &notice("left college")).await;
+    assert!(!gone.routed);
+}
+
 longpoll_tests::on_both_brokers!(
     returns_waiting_events_at_once,
     wakes_when_an_event_arrives,
@@ -350,7 +381,24 @@ longpoll_tests::on_both_brokers!(
     concurrent_publishes_report_their_own_routing,
     presence_follows_polls_and_disconnects,
     concurrent_polls_of_one_user_share_the_queue,
+    a_poll_rebinds_a_user_who_changed_college,
 );
+
+/// The rebinding holds across processes (Lambda instances), which share nothing but the
+/// broker: the old college's binding is found on the broker, not in a process's memory.
+#[tokio::test]
+async fn rabbitmq_rebinds_a_user_whose_old_college_another_process_bound() {
+    let (old, new) = (unique_college(), unique_college());
+    let user = unique_user();
+    let first = rabbit(&config(&unique_name("conformance")));
+    declare(&*first, &subscriber(user, Some(old))).await;
+    let second = rabbit(&config(&unique_name("conformance")));
+    declare(&*second, &subscriber(user, Some(new))).await;
+    let stale = publish(&*second, Audience::College(old), &notice("old college")).await;
+    assert!(!stale.routed, "the old college was unbound");
+    let fresh = publish(&*second, Audience::College(new), &notice("new college")).await;
+    assert!(fresh.routed);
+}
 
 /// The queues RabbitMQ holds carry exactly the contract's properties.
 #[tokio::test]

@@ -16,6 +16,9 @@ use crate::{broker::BrokerError, token::AuthError};
 
 /// Seconds a client should wait before retrying when the broker is unavailable.
 pub const RETRY_AFTER_SECS: u64 = 2;
+/// Seconds a client should wait after the broker refused its request: a limit that was
+/// reached is not lifted in two seconds.
+pub const REFUSED_RETRY_AFTER_SECS: u64 = 30;
 /// Time kept back from the Lambda deadline to stop waiting, stop the consumer, ack
 /// and send the answer, so the function never runs into its timeout mid-response.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::Forbidden { code, .. } => code,
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unavailable(BrokerError::Refused { .. }) => "broker_refused",
             ApiError::Unavailable(_) => "broker_unavailable",
         }
     }
@@ -78,6 +82,12 @@ impl ApiError {
     pub fn into_response(self) -> Response<Body> {
         let message = match &self {
             // The detail (host, AMQP reply) is for the logs, not for browsers.
+            ApiError::Unavailable(cause @ BrokerError::Refused { .. }) => {
+                warn!(error = %cause, "answering 503: the broker refused this request");
+                format!(
+                    "the event broker refused this request (one of its limits was reached); retry in {REFUSED_RETRY_AFTER_SECS} s"
+                )
+            }
             ApiError::Unavailable(cause) => {
                 warn!(error = %cause, "answering 503: broker unavailable");
                 format!("the event broker is unavailable; retry in {RETRY_AFTER_SECS} s")
@@ -95,6 +105,10 @@ impl ApiError {
                     header::ALLOW,
                     HeaderValue::from_str(allow.as_str()).expect("a method is a valid header"),
                 );
+            }
+            ApiError::Unavailable(BrokerError::Refused { .. }) => {
+                let after = HeaderValue::from(REFUSED_RETRY_AFTER_SECS);
+                headers.insert(header::RETRY_AFTER, after);
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

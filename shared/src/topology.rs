@@ -132,6 +132,26 @@ pub fn user_queue_arguments() -> Vec<(&'static str, QueueArgument)> {
     ]
 }
 
+/// `bindings:<queue>`: holds one message, the routing keys `queue` was last bound to
+/// (space-separated). AMQP cannot list a queue's bindings, so this record is how a poll
+/// whose token moved to another college finds the old college's binding to remove.
+pub fn binding_record_queue_name(queue: &str) -> String {
+    format!("bindings:{queue}")
+}
+
+/// The arguments of a binding record: the latest record only, gone with its queue.
+pub fn binding_record_arguments() -> Vec<(&'static str, QueueArgument)> {
+    vec![
+        ("x-queue-type", QueueArgument::Text("classic")),
+        ("x-max-length", QueueArgument::Number(1)),
+        ("x-overflow", QueueArgument::Text("drop-head")),
+        (
+            "x-expires",
+            QueueArgument::Number(millis(USER_QUEUE_EXPIRES)),
+        ),
+    ]
+}
+
 /// The arguments of a presence queue: it expires `ttl` after the last poll.
 pub fn presence_queue_arguments(ttl: Duration) -> Vec<(&'static str, QueueArgument)> {
     vec![

@@ -148,7 +148,8 @@ impl State {
         }
     }
 
-    /// Declares the subscriber's queue (recreating it if it expired) and binds it.
+    /// Declares the subscriber's queue (recreating it if it expired) and binds it to
+    /// exactly the subscriber's routing keys.
     fn declare(&mut self, subscriber: &Subscriber, now: Instant) -> &mut Queue {
         let name = subscriber.queue_name();
         if self
@@ -158,7 +159,26 @@ impl State {
         {
             self.delete_queue(&name);
         }
-        for key in subscriber.routing_keys() {
+        let keys = subscriber.routing_keys();
+        // Bindings the token no longer names go (it moved to another college).
+        if let Some(queue) = self.queues.get_mut(&name) {
+            let stale: Vec<String> = queue
+                .keys
+                .iter()
+                .filter(|key| !keys.contains(key))
+                .cloned()
+                .collect();
+            for key in stale {
+                queue.keys.remove(&key);
+                if let Some(bound) = self.bindings.get_mut(&key) {
+                    bound.remove(&name);
+                    if bound.is_empty() {
+                        self.bindings.remove(&key);
+                    }
+                }
+            }
+        }
+        for key in keys {
             self.bindings
                 .entry(key.clone())
                 .or_default()

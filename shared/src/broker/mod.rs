@@ -25,13 +25,22 @@ use crate::{
 };
 
 /// The broker could not do what was asked. Handlers answer 503 with `Retry-After`:
-/// every variant is worth retrying once the broker is back.
+/// every variant is worth retrying once the broker is back (or, for a refusal, once an
+/// operator has raised the limit that was reached).
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot reach the broker: {0}")]
     Unreachable(String),
     #[error("the broker did not answer {0} in time")]
     Timeout(&'static str),
+    /// The broker answered, and said no to this request alone (a vhost queue limit, a
+    /// queue whose arguments differ, a permission): retrying at once would not help,
+    /// and nothing else on the connection is affected.
+    #[error("the broker refused {operation}: {reason}")]
+    Refused {
+        operation: &'static str,
+        reason: String,
+    },
     #[error("the broker failed during {operation}: {reason}")]
     Failed {
         operation: &'static str,

@@ -60,6 +60,10 @@ pub(super) struct Subscription {
     queue: String,
     /// Woken when a delivery arrives or the consumer ends.
     arrivals: Notify,
+    /// Woken when a poll subscribed to the same queue with other routing keys (the
+    /// user's token changed college): this consumer then ends as soon as no poll uses
+    /// it, instead of lingering, so it does not take the new subscription's events.
+    retiring: Notify,
 }
 
 #[derive(Default)]
@@ -71,6 +75,8 @@ struct State {
     buffered: VecDeque<(Delivery, SystemTime)>,
     /// Polls attached right now.
     waiters: usize,
+    /// Superseded by a subscription to the same queue with other keys.
+    retired: bool,
     last_detached: Option<Instant>,
     /// The consumer is gone: `Some(None)` cancelled (queue deleted or lingered out),
     /// `Some(Some(reason))` failed (channel or connection died).
@@ -136,12 +142,23 @@ impl Subscriptions {
             consumer: consumer.clone(),
             queue: queue.to_owned(),
             arrivals: Notify::new(),
+            retiring: Notify::new(),
         });
         subscription.attach();
         active.insert(key.clone(), subscription.clone());
         drop(active);
         tokio::spawn(run(self.clone(), key, subscription.clone(), lane, consumer));
         Some(Attached(subscription))
+    }
+
+    /// Retires the other subscriptions of `queue` (under keys other than `key`).
+    pub fn retire_others(&self, queue: &str, key: &str) {
+        for (other, subscription) in self.lock().iter() {
+            if subscription.queue == queue && other != key {
+                subscription.state().retired = true;
+                subscription.retiring.notify_one();
+            }
+        }
     }
 
     fn remove(&self, key: &str, subscription: &Arc<Subscription>) {
@@ -480,6 +497,7 @@ async fn run(
     let linger = subscriptions.linger;
     let ended = loop {
         let idle_check = tokio::time::sleep(linger / 2);
+        let retiring = subscription.retiring.notified();
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
@@ -489,11 +507,12 @@ async fn run(
                 Some(Err(error)) => break Some(error.to_string()),
                 None => break None,
             },
-            () = idle_check => {
+            () = async { tokio::select! { () = idle_check => {}, () = retiring => {} } } => {
                 let idle = {
                     let mut state = subscription.state();
                     let idle = state.waiters == 0
-                        && state.last_detached.is_some_and(|at| at.elapsed() >= linger);
+                        && (state.retired
+                            || state.last_detached.is_some_and(|at| at.elapsed() >= linger));
                     if idle {
                         // From here no poll can attach.
                         state.ended = Some(None);

@@ -32,7 +32,7 @@ use lapin::{
         BasicPublishOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
         QueueDeleteOptions,
     },
-    protocol::{AMQPErrorKind, AMQPSoftError},
+    protocol::AMQPErrorKind,
     types::{AMQPValue, FieldTable},
 };
 use tokio::{
@@ -50,8 +50,9 @@ use crate::{
     config::Config,
     event::{Event, epoch_seconds},
     topology::{
-        MAX_BATCH, MAX_QUEUE_LENGTH, QueueArgument, Subscriber, UserId, millis,
-        presence_queue_arguments, presence_queue_name, user_queue_arguments,
+        MAX_BATCH, MAX_QUEUE_LENGTH, QueueArgument, Subscriber, UserId, binding_record_arguments,
+        binding_record_queue_name, millis, presence_queue_arguments, presence_queue_name,
+        user_queue_arguments,
     },
 };
 
@@ -168,6 +169,7 @@ impl RabbitBroker {
                 return Ok(attached);
             }
             let (lane, consumer) = self.set_up_consumer(&queue, &keys, deadline).await?;
+            subscriptions.retire_others(&queue, &key);
             if let Some(attached) = subscriptions.insert(key.clone(), &queue, lane, consumer) {
                 return Ok(attached);
             }
@@ -288,6 +290,79 @@ impl RabbitBroker {
         .await
     }
 
+    /// Publishes `messages` to `exchange` with `mandatory` set, on a channel of its own
+    /// (see `session` on returns), and returns whether each was routed to a queue, once
+    /// the broker has confirmed them all.
+    async fn publish_mandatory(
+        &self,
+        operation: &'static str,
+        exchange: &str,
+        messages: &[Outgoing<'_>],
+    ) -> Result<Vec<bool>, BrokerError> {
+        let deadline = Instant::now() + self.connector.op_timeout;
+        let confirmations = self
+            .run_on(operation, deadline, |lane: OwnLane| async move {
+                // All publishes first, then all confirms: one round trip for the batch.
+                let mut pending = Vec::with_capacity(messages.len());
+                for message in messages {
+                    let confirm = lane
+                        .channel
+                        .basic_publish(
+                            exchange.into(),
+                            message.routing_key.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            message.body,
+                            message.properties.clone(),
+                        )
+                        .await?;
+                    pending.push(confirm);
+                }
+                let mut confirmations = Vec::with_capacity(messages.len());
+                for confirm in pending {
+                    confirmations.push(confirm.await?);
+                }
+                lane.finished();
+                Ok(confirmations)
+            })
+            .await?;
+        if let Some((refused, _)) = messages
+            .iter()
+            .zip(&confirmations)
+            .find(|(_, confirmation)| confirmation.is_nack())
+        {
+            return Err(BrokerError::Failed {
+                operation,
+                reason: format!("the broker refused message {} (nack)", refused.id),
+            });
+        }
+        // A basic.return (no queue is bound to the key) comes before the ack of its
+        // message, but an ack may cover several messages and lapin hands the return to
+        // whichever of them it settles first: match returns to messages by message id.
+        // The channel was this call's alone, so every return on it is one of ours.
+        let mut returned: HashMap<String, usize> = HashMap::new();
+        for message in confirmations.into_iter().filter_map(|c| c.take_message()) {
+            let id = message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string());
+            *returned.entry(id.unwrap_or_default()).or_default() += 1;
+        }
+        Ok(messages
+            .iter()
+            .map(|message| match returned.get_mut(message.id) {
+                Some(count) if *count > 0 => {
+                    *count -= 1;
+                    false
+                }
+                _ => true,
+            })
+            .collect())
+    }
+
     /// Runs `operation` on a borrowed shared lane: see [`Self::run_on`].
     async fn run<T, F, Fut>(
         &self,
@@ -349,7 +424,11 @@ impl RabbitBroker {
                     }
                 }
             };
-            if attempts_left == 0 || Instant::now() >= deadline {
+            let refused = matches!(error, BrokerError::Refused { .. });
+            if refused {
+                session.note_refusal();
+            }
+            if refused || attempts_left == 0 || Instant::now() >= deadline {
                 return Err(error);
             }
             warn!(operation = name, %error, "broker operation failed; retrying");
@@ -384,38 +463,12 @@ impl RabbitBroker {
             .remove(queue);
     }
 
-    /// Declares and binds the subscriber's queue (unless this process just did) and
-    /// starts a consumer on it.
+    /// Starts a consumer on `queue`, already declared.
     async fn start_consumer(
         &self,
         channel: &Channel,
         queue: &str,
-        keys: &[String],
     ) -> lapin::Result<lapin::Consumer> {
-        if !self.recently_declared(queue, keys) {
-            // Declare and binds without waiting for their replies: the channel runs
-            // methods in order, so consume-ok vouches for all of them and a refusal
-            // closes the channel, failing the consume. One round trip.
-            let durable = QueueDeclareOptions {
-                durable: true,
-                nowait: true,
-                ..Default::default()
-            };
-            channel
-                .queue_declare(queue.into(), durable, field_table(user_queue_arguments()))
-                .await?;
-            for key in keys {
-                channel
-                    .queue_bind(
-                        queue.into(),
-                        self.exchange().into(),
-                        key.as_str().into(),
-                        QueueBindOptions { nowait: true },
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-        }
         // The consume runs in a task of its own: if this poll stops waiting for
         // consume-ok (its set-up timed out under load), the task still gets the consumer
         // and gives it back, so no consumer is left holding messages nobody reads.
@@ -434,12 +487,102 @@ impl RabbitBroker {
                 release(channel, unwanted, Vec::new());
             }
         });
-        let consumer = handed.await.expect("the consume task always hands over");
-        match &consumer {
-            Ok(_) => self.remember_declared(queue, keys),
-            Err(_) => self.forget_declared(queue),
-        }
-        consumer
+        handed.await.expect("the consume task always hands over")
+    }
+
+    /// Declares `queue`, binds it to `keys` and unbinds the keys it was bound to before
+    /// and is no longer (a token moved to another college, or lost its college), on a
+    /// channel of its own, waiting for the broker's answer. A refusal (a queue limit, a
+    /// precondition) closes only that channel, so it fails only this poll, never the
+    /// polls held on the shared lanes. One round trip, plus one when the keys changed.
+    async fn declare_subscriber_queue(
+        &self,
+        queue: &str,
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<(), BrokerError> {
+        let exchange = self.exchange();
+        self.run_on("queue declare", deadline, |lane: OwnLane| async move {
+            let channel = &lane.channel;
+            // Pipelined: only the last method waits, and its reply vouches for all the
+            // others, since a channel runs its methods in order and a refusal closes it.
+            let declare = QueueDeclareOptions {
+                durable: true,
+                nowait: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(queue.into(), declare, field_table(user_queue_arguments()))
+                .await?;
+            for key in keys {
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        exchange.into(),
+                        key.as_str().into(),
+                        QueueBindOptions { nowait: true },
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            let record = binding_record_queue_name(queue);
+            channel
+                .queue_declare(
+                    record.as_str().into(),
+                    declare,
+                    field_table(binding_record_arguments()),
+                )
+                .await?;
+            let previous = channel
+                .basic_get(record.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+                .map(|message| message.delivery);
+            let current = keys.join(" ");
+            match previous {
+                Some(previous) if previous.data == current.as_bytes() => {
+                    previous
+                        .acker
+                        .reject(BasicRejectOptions { requeue: true })
+                        .await?;
+                }
+                previous => {
+                    if let Some(previous) = &previous {
+                        let previous = String::from_utf8_lossy(&previous.data);
+                        let stale = previous
+                            .split(' ')
+                            .filter(|key| !key.is_empty() && !keys.iter().any(|k| k == key));
+                        for key in stale {
+                            channel
+                                .queue_unbind(
+                                    queue.into(),
+                                    exchange.into(),
+                                    key.into(),
+                                    FieldTable::default(),
+                                )
+                                .await?;
+                        }
+                    }
+                    // The new record first, then the old one goes: a crash in between
+                    // leaves two, and the record queue's length limit drops the older.
+                    channel
+                        .basic_publish(
+                            DEFAULT_EXCHANGE.into(),
+                            record.as_str().into(),
+                            BasicPublishOptions::default(),
+                            current.as_bytes(),
+                            BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await?
+                        .await?;
+                    if let Some(previous) = previous {
+                        previous.acker.ack(BasicAckOptions::default()).await?;
+                    }
+                }
+            }
+            lane.finished();
+            Ok(())
+        })
+        .await
     }
 
     /// A consumer on `queue` (declared and bound to `keys` unless this process just did),
@@ -452,11 +595,20 @@ impl RabbitBroker {
         deadline: Instant,
     ) -> Result<(Lane, lapin::Consumer), BrokerError> {
         let deadline = deadline.max(Instant::now() + LEAST_SET_UP_BUDGET);
-        self.run("poll set-up", deadline, |lane| async move {
-            let consumer = self.start_consumer(&lane.channel, queue, keys).await?;
-            Ok((lane, consumer))
-        })
-        .await
+        if !self.recently_declared(queue, keys) {
+            self.declare_subscriber_queue(queue, keys, deadline).await?;
+        }
+        let consumer = self
+            .run("poll set-up", deadline, |lane| async move {
+                let consumer = self.start_consumer(&lane.channel, queue).await?;
+                Ok((lane, consumer))
+            })
+            .await;
+        match &consumer {
+            Ok(_) => self.remember_declared(queue, keys),
+            Err(_) => self.forget_declared(queue),
+        }
+        consumer
     }
 
     /// Waits on the subscriber's queue until a message arrives (or `deadline`), then
@@ -631,73 +783,24 @@ async fn collect_rest(
 #[async_trait]
 impl Broker for RabbitBroker {
     async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError> {
-        let deadline = Instant::now() + self.connector.op_timeout;
-        // On a channel of its own: see `session` on returns.
-        let confirmations = self
-            .run_on("publish", deadline, |lane: OwnLane| async move {
-                // All publishes first, then all confirms: one round trip for the batch.
-                let mut pending = Vec::with_capacity(batch.len());
-                for publication in batch {
-                    let confirm = lane
-                        .channel
-                        .basic_publish(
-                            self.exchange().into(),
-                            publication.audience.routing_key().into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..Default::default()
-                            },
-                            &publication.event.body,
-                            message_properties(publication),
-                        )
-                        .await?;
-                    pending.push(confirm);
-                }
-                let mut confirmations = Vec::with_capacity(batch.len());
-                for confirm in pending {
-                    confirmations.push(confirm.await?);
-                }
-                lane.finished();
-                Ok(confirmations)
-            })
-            .await?;
-        if let Some(refused) = batch
+        let messages: Vec<Outgoing> = batch
             .iter()
-            .zip(&confirmations)
-            .find(|(_, confirmation)| confirmation.is_nack())
-        {
-            return Err(BrokerError::Failed {
-                operation: "publish",
-                reason: format!("the broker refused event {} (nack)", refused.0.event.id),
-            });
-        }
-        // A basic.return (no queue is bound to the key) comes before the ack of its
-        // message, but an ack may cover several messages and lapin hands the return to
-        // whichever of them it settles first: match returns to events by message id.
-        // The channel was this publish's alone, so every return on it is one of ours.
-        let mut returned: HashMap<String, usize> = HashMap::new();
-        for message in confirmations.into_iter().filter_map(|c| c.take_message()) {
-            let id = message
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string());
-            *returned.entry(id.unwrap_or_default()).or_default() += 1;
-        }
+            .map(|publication| Outgoing {
+                routing_key: publication.audience.routing_key(),
+                id: &publication.event.id,
+                body: &publication.event.body,
+                properties: message_properties(publication),
+            })
+            .collect();
+        let routed = self
+            .publish_mandatory("publish", self.exchange(), &messages)
+            .await?;
         Ok(batch
             .iter()
-            .map(|publication| {
-                let routed = match returned.get_mut(&publication.event.id) {
-                    Some(count) if *count > 0 => {
-                        *count -= 1;
-                        false
-                    }
-                    _ => true,
-                };
-                Receipt {
-                    id: publication.event.id.clone(),
-                    routed,
-                }
+            .zip(routed)
+            .map(|(publication, routed)| Receipt {
+                id: publication.event.id.clone(),
+                routed,
             })
             .collect())
     }
@@ -779,7 +882,9 @@ impl Broker for RabbitBroker {
         }
         let queue = presence_queue_name(user);
         let deadline = Instant::now() + self.connector.op_timeout;
-        self.run("presence", deadline, |lane| {
+        // On a channel of its own: a refused declare (a queue limit) closes it, and must
+        // not end the polls held on a shared lane.
+        self.run_on("presence", deadline, |lane: OwnLane| {
             let queue = queue.clone();
             async move {
                 let options = QueueDeclareOptions {
@@ -790,8 +895,9 @@ impl Broker for RabbitBroker {
                 let arguments = field_table(presence_queue_arguments(self.presence_ttl));
                 lane.channel
                     .queue_declare(queue.into(), options, arguments)
-                    .await
-                    .map(drop)
+                    .await?;
+                lane.finished();
+                Ok(())
             }
         })
         .await?;
@@ -803,14 +909,15 @@ impl Broker for RabbitBroker {
         self.note_presence(user, false);
         let queue = presence_queue_name(user);
         let deadline = Instant::now() + self.connector.op_timeout;
-        self.run("presence", deadline, |lane| {
+        self.run_on("presence", deadline, |lane: OwnLane| {
             let queue = queue.clone();
             // Deleting a queue that does not exist is not an error in RabbitMQ.
             async move {
                 lane.channel
                     .queue_delete(queue.into(), QueueDeleteOptions::default())
-                    .await
-                    .map(drop)
+                    .await?;
+                lane.finished();
+                Ok(())
             }
         })
         .await
@@ -821,39 +928,49 @@ impl Broker for RabbitBroker {
     }
 
     async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
-        let deadline = Instant::now() + self.connector.op_timeout;
-        self.run("presence lookup", deadline, |lane| async move {
-            // A passive declare of a missing queue closes its channel (404 NOT_FOUND),
-            // so lookups use a channel of their own, reopened after each miss, and
-            // never a lane that polls are consuming on.
-            let mut channel = lane.connection.create_channel().await?;
-            let mut online = Vec::with_capacity(users.len());
-            for user in users {
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                };
-                match channel
-                    .queue_declare(
-                        presence_queue_name(*user).into(),
-                        passive,
-                        FieldTable::default(),
-                    )
-                    .await
-                {
-                    Ok(_) => online.push(true),
-                    Err(error) if is_not_found(&error) => {
-                        online.push(false);
-                        channel = lane.connection.create_channel().await?;
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            let _ = channel.close(200, "presence lookup done".into()).await;
-            Ok(online)
-        })
-        .await
+        if users.is_empty() {
+            // Still connects: the local server's banner uses this to check the broker.
+            let deadline = Instant::now() + self.connector.op_timeout;
+            return self.connector.session(deadline).await.map(|_| Vec::new());
+        }
+        // A passive declare of a missing queue is answered with a channel close (404),
+        // and lapin never frees the id of a channel the broker closed: 2,047 offline
+        // users would use up the connection. Instead, one mandatory probe per user to
+        // the default exchange, which routes by queue name: a probe that comes back
+        // (`basic.return`) found no presence queue. The probes expire at once
+        // (`expiration` 0), so presence queues stay empty, and publishing does not count
+        // as using a queue, so it does not extend the presence TTL. One round trip for
+        // the whole lookup, and no channel is ever closed by the broker.
+        let ids: Vec<String> = (0..users.len())
+            .map(|index| format!("presence-{index}"))
+            .collect();
+        let probes: Vec<Outgoing> = users
+            .iter()
+            .zip(&ids)
+            .map(|(user, id)| Outgoing {
+                routing_key: presence_queue_name(*user),
+                id,
+                body: b"",
+                properties: BasicProperties::default()
+                    .with_message_id(id.as_str().into())
+                    .with_expiration("0".into()),
+            })
+            .collect();
+        self.publish_mandatory("presence lookup", DEFAULT_EXCHANGE, &probes)
+            .await
     }
+}
+
+/// The default exchange: routes a message to the queue its routing key names.
+const DEFAULT_EXCHANGE: &str = "";
+
+/// One message for [`RabbitBroker::publish_mandatory`].
+struct Outgoing<'a> {
+    routing_key: String,
+    /// Its `message_id`, by which a `basic.return` is matched to it.
+    id: &'a str,
+    body: &'a [u8],
+    properties: BasicProperties,
 }
 
 /// A live copy of some routing keys' events; see [`RabbitBroker::tail`].
@@ -920,14 +1037,14 @@ pub fn field_table(arguments: Vec<(&'static str, QueueArgument)>) -> FieldTable 
     table
 }
 
-fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp)
-        if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-}
-
 fn failed(operation: &'static str, error: lapin::Error) -> BrokerError {
-    BrokerError::Failed {
-        operation,
-        reason: error.to_string(),
+    let reason = error.to_string();
+    match error.kind() {
+        // A soft error is the broker closing one channel over one request it refused
+        // (403, 404, 405, 406); the connection and its other channels carry on.
+        lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)) => {
+            BrokerError::Refused { operation, reason }
+        }
+        _ => BrokerError::Failed { operation, reason },
     }
 }

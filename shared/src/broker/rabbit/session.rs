@@ -31,8 +31,13 @@ use crate::{broker::BrokerError, topology::MAX_BATCH};
 
 /// Borrowers a lane takes before another channel is opened.
 const LOAD_PER_CHANNEL: usize = 256;
-/// Most channels per connection (RabbitMQ's default `channel_max` is 2047).
+/// Most shared lanes per connection (RabbitMQ's default `channel_max` is 2047).
 const MAX_CHANNELS: usize = 64;
+/// Channels the broker may close over refused requests before the connection is
+/// replaced. lapin never frees the id of a channel the broker closed, so each refusal
+/// uses up one of the connection's 2,047; well before they run out, new operations move
+/// to a fresh connection and the old one closes once its last held poll lets go.
+const REFUSALS_PER_CONNECTION: usize = 1000;
 
 /// Opens the connection on demand and replaces it when it dies.
 pub(super) struct Connector {
@@ -55,6 +60,8 @@ pub(super) struct Session {
     idle_own: Arc<SyncMutex<Vec<Channel>>>,
     /// Own lanes borrowed now.
     own_in_use: Arc<AtomicUsize>,
+    /// Channels the broker closed over a refused request (see [`REFUSALS_PER_CONNECTION`]).
+    refusals: Arc<AtomicUsize>,
 }
 
 struct Slot {
@@ -159,12 +166,14 @@ impl Connector {
         let mut current = timeout_at(deadline, self.current.lock())
             .await
             .map_err(|_| BrokerError::Timeout("connect"))?;
-        if let Some(session) = current
-            .as_ref()
-            .filter(|session| session.connection.status().connected())
-        {
+        if let Some(session) = current.as_ref().filter(|session| {
+            session.connection.status().connected()
+                && session.refusals.load(Ordering::Relaxed) < REFUSALS_PER_CONNECTION
+        }) {
             return Ok(session.clone());
         }
+        // A live session with too many refusals is only forgotten: dropping the last
+        // handle on a lapin connection closes it, so its held polls finish first.
         *current = None;
         let deadline = deadline.min(Instant::now() + self.op_timeout);
         let properties = ConnectionProperties::default()
@@ -178,6 +187,7 @@ impl Connector {
             lanes: Arc::default(),
             idle_own: Arc::default(),
             own_in_use: Arc::default(),
+            refusals: Arc::default(),
         };
         // The first lane also declares the exchange, once per connection.
         let first = timeout_at(deadline, session.open_slot(Some(&self.exchange)))
@@ -270,6 +280,11 @@ impl Session {
             idle: self.idle_own.clone(),
             in_use: self.own_in_use.clone(),
         })
+    }
+
+    /// The broker closed a channel of this connection over a refused request.
+    pub fn note_refusal(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Operations in progress on this connection, held polls included.
