@@ -274,15 +274,18 @@ async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
     let broker = make(&config);
     let (alice, bob) = (unique_user(), unique_user());
     assert_eq!(
-        broker.is_online(&[alice, bob]).await.unwrap(),
+        broker.is_online(&[alice, bob], None).await.unwrap(),
         [false, false]
     );
-    broker.mark_online(alice).await.unwrap();
-    broker.mark_online(bob).await.unwrap();
-    assert_eq!(broker.is_online(&[alice, bob]).await.unwrap(), [true, true]);
+    broker.mark_online(alice, None).await.unwrap();
+    broker.mark_online(bob, None).await.unwrap();
+    assert_eq!(
+        broker.is_online(&[alice, bob], None).await.unwrap(),
+        [true, true]
+    );
     broker.mark_offline(alice).await.unwrap();
     assert_eq!(
-        broker.is_online(&[alice, bob]).await.unwrap(),
+        broker.is_online(&[alice, bob], None).await.unwrap(),
         [false, true]
     );
     broker
@@ -291,9 +294,38 @@ async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
         .expect("disconnecting twice is fine");
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(
-        broker.is_online(&[bob]).await.unwrap(),
+        broker.is_online(&[bob], None).await.unwrap(),
         [false],
         "presence lapses after its TTL"
+    );
+}
+
+/// A lookup scoped to a college sees that college's online members only; an unscoped
+/// one sees everyone online.
+async fn presence_lookups_scoped_to_a_college_see_its_members_only(make: MakeBroker) {
+    let broker = make(&config(&unique_name("conformance")));
+    let (college, other) = (unique_college(), unique_college());
+    let (member, outsider, loner) = (unique_user(), unique_user(), unique_user());
+    broker.mark_online(member, Some(college)).await.unwrap();
+    broker.mark_online(outsider, Some(other)).await.unwrap();
+    broker.mark_online(loner, None).await.unwrap();
+    let everyone = [member, outsider, loner];
+    assert_eq!(
+        broker.is_online(&everyone, Some(college)).await.unwrap(),
+        [true, false, false]
+    );
+    assert_eq!(
+        broker.is_online(&everyone, Some(other)).await.unwrap(),
+        [false, true, false]
+    );
+    assert_eq!(
+        broker.is_online(&everyone, None).await.unwrap(),
+        [true, true, true]
+    );
+    broker.mark_offline(member).await.unwrap();
+    assert_eq!(
+        broker.is_online(&[member], Some(college)).await.unwrap(),
+        [false]
     );
 }
 
@@ -382,6 +414,7 @@ longpoll_tests::on_both_brokers!(
     presence_follows_polls_and_disconnects,
     concurrent_polls_of_one_user_share_the_queue,
     a_poll_rebinds_a_user_who_changed_college,
+    presence_lookups_scoped_to_a_college_see_its_members_only,
 );
 
 /// The rebinding holds across processes (Lambda instances), which share nothing but the
@@ -407,7 +440,7 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     let broker = rabbit(&config);
     let user = subscriber(unique_user(), Some(unique_college()));
     declare(&*broker, &user).await;
-    broker.mark_online(user.user_id).await.unwrap();
+    broker.mark_online(user.user_id, None).await.unwrap();
 
     let (arguments, durable, auto_delete) =
         queue_on_broker(&user.queue_name()).expect("the user queue exists");

@@ -76,7 +76,7 @@ async fn poll_answers_empty_after_the_hold(make: MakeBroker) {
         started.elapsed()
     );
     assert_eq!(
-        app.broker.is_online(&[user]).await.unwrap(),
+        app.broker.is_online(&[user], None).await.unwrap(),
         [true],
         "the poll marked the user online"
     );
@@ -190,6 +190,72 @@ async fn poll_refuses_bad_tokens(make: MakeBroker) {
     assert_eq!(events.len(), 1, "refused polls took nothing");
 }
 
+/// `nbf` in the future is refused; with `JWT_ISSUER` and `JWT_AUDIENCE` set, a token
+/// must carry that `iss` and name that `aud`. Refused polls cost no event.
+async fn poll_honours_nbf_issuer_and_audience(make: MakeBroker) {
+    let mut config = config(&unique_name("handlers"));
+    config.jwt_issuer = Some("https://auth.example.edu".to_owned());
+    config.jwt_audience = Some("longpoll".to_owned());
+    let broker = make(&config);
+    let app = app(config, broker, Duration::from_millis(300));
+    let user = unique_user();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let issuer = TokenIssuer::new(JWT_SECRET.as_bytes());
+    let claims = |extra: serde_json::Value| {
+        let mut claims = serde_json::json!({"sub": user.0.to_string(), "exp": now + 600});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        issuer.mint_claims(&claims)
+    };
+    let good = serde_json::json!({"iss": "https://auth.example.edu", "aud": ["other", "longpoll"]});
+    let cases = [
+        (claims(good.clone()), 200, ""),
+        (
+            claims(
+                serde_json::json!({"iss": "https://auth.example.edu", "aud": "longpoll", "nbf": now + 300}),
+            ),
+            401,
+            "token_not_yet_valid",
+        ),
+        (
+            claims(serde_json::json!({"aud": "longpoll"})),
+            401,
+            "invalid_token",
+        ),
+        (
+            claims(serde_json::json!({"iss": "https://evil.example", "aud": "longpoll"})),
+            401,
+            "invalid_token",
+        ),
+        (
+            claims(serde_json::json!({"iss": "https://auth.example.edu", "aud": "other"})),
+            401,
+            "invalid_token",
+        ),
+    ];
+    for (token, status, code) in cases {
+        let response = poll(
+            &app,
+            Fixture::new("poll-events").authorization(&format!("Bearer {token}")),
+        )
+        .await;
+        assert_eq!(
+            response.status(),
+            status,
+            "{code}: {:?}",
+            json_of(&response)
+        );
+        if status != 200 {
+            assert_error(&response, status, code);
+        }
+    }
+}
+
 /// Wrong methods are 405 with `Allow`, on every route.
 async fn wrong_methods_are_405_with_allow(make: MakeBroker) {
     let app = test_app(make);
@@ -227,7 +293,7 @@ async fn disconnect_marks_the_user_offline(make: MakeBroker) {
     let app = test_app(make);
     let user = unique_user();
     let bearer = format!("Bearer {}", token(user, None));
-    app.broker.mark_online(user).await.unwrap();
+    app.broker.mark_online(user, None).await.unwrap();
     let response = poll_disconnect::handle(
         &app,
         Fixture::new("poll-disconnect")
@@ -241,7 +307,7 @@ async fn disconnect_marks_the_user_offline(make: MakeBroker) {
         json_of(&response),
         json!({"status": "disconnected", "user_id": user.0})
     );
-    assert_eq!(app.broker.is_online(&[user]).await.unwrap(), [false]);
+    assert_eq!(app.broker.is_online(&[user], None).await.unwrap(), [false]);
     let response = poll_disconnect::handle(&app, Fixture::new("poll-disconnect").request())
         .await
         .unwrap();
@@ -268,6 +334,7 @@ longpoll_tests::on_both_brokers!(
     poll_stops_before_the_lambda_deadline,
     poll_reads_only_the_token_owners_queue,
     poll_refuses_bad_tokens,
+    poll_honours_nbf_issuer_and_audience,
     wrong_methods_are_405_with_allow,
     disconnect_marks_the_user_offline,
     handlers_ignore_the_path,

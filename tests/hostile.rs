@@ -25,13 +25,13 @@ async fn offline_lookups_never_use_up_the_connection() {
     let node = PrivateNode::start(None);
     let broker = rabbit(&node_config(&node));
     let online = unique_user();
-    broker.mark_online(online).await.unwrap();
+    broker.mark_online(online, None).await.unwrap();
     let offline: Vec<_> = (0..100).map(|_| unique_user()).collect();
 
     let mut times = Vec::new();
     for _ in 0..1_000 {
         let started = Instant::now();
-        let answer = broker.is_online(&offline).await.expect("a lookup");
+        let answer = broker.is_online(&offline, None).await.expect("a lookup");
         times.push(started.elapsed());
         assert!(answer.iter().all(|online| !online));
     }
@@ -45,7 +45,7 @@ async fn offline_lookups_never_use_up_the_connection() {
 
     let mut mixed = offline.clone();
     mixed[57] = online;
-    let answer = broker.is_online(&mixed).await.unwrap();
+    let answer = broker.is_online(&mixed, None).await.unwrap();
     assert_eq!(answer.iter().filter(|online| **online).count(), 1);
     assert!(answer[57]);
     let receipt = publish(&*broker, Audience::User(online), &message(1)).await;

@@ -358,7 +358,7 @@ async fn rabbitmq_online_lookups_leave_held_polls_alone() {
     assert!(
         setup
             .broker
-            .is_online(&strangers)
+            .is_online(&strangers, None)
             .await
             .unwrap()
             .iter()

@@ -24,7 +24,7 @@ use longpoll::{
     Broker, BrokerError, Config, RabbitBroker,
     broker::{Publication, Receipt, field_table},
     event::Event,
-    topology::{MAX_BATCH, Subscriber, UserId, user_queue_arguments},
+    topology::{CollegeId, MAX_BATCH, Subscriber, UserId, user_queue_arguments},
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -156,16 +156,24 @@ impl Broker for GuideBaseline {
             .await
     }
 
-    async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
-        self.inner.mark_online(user).await
+    async fn mark_online(
+        &self,
+        user: UserId,
+        college: Option<CollegeId>,
+    ) -> Result<(), BrokerError> {
+        self.inner.mark_online(user, college).await
     }
 
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
         self.inner.mark_offline(user).await
     }
 
-    async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
-        self.inner.is_online(users).await
+    async fn is_online(
+        &self,
+        users: &[UserId],
+        within: Option<CollegeId>,
+    ) -> Result<Vec<bool>, BrokerError> {
+        self.inner.is_online(users, within).await
     }
 
     async fn close(&self) {

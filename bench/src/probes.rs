@@ -54,10 +54,10 @@ pub async fn declare(broker: &dyn Broker, subscriber: &Subscriber) {
     let give_up = Instant::now() + Duration::from_secs(60);
     // Connected first (any operation connects, with its own timeout): the declare below
     // is a poll that holds 50 ms, too short to wait for a connection.
-    let _ = broker.is_online(&[]).await;
+    let _ = broker.is_online(&[], None).await;
     let hold = || Instant::now() + Duration::from_millis(50);
     while let Err(error) = broker.wait_for_events(subscriber, hold()).await {
-        let _ = broker.is_online(&[]).await;
+        let _ = broker.is_online(&[], None).await;
         assert!(
             Instant::now() < give_up,
             "the broker did not answer for a minute: {error}"

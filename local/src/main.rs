@@ -8,7 +8,7 @@ use longpoll::{
     token::TokenIssuer,
     topology::{CollegeId, UserId},
 };
-use longpoll_local::{BrokerKind, DEV_JWT_SECRET, Functions, cors, demo, serve};
+use longpoll_local::{BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, demo, serve};
 
 /// Every long-polling endpoint on its real path, in one process: in-memory events by
 /// default, RabbitMQ when AMQP_URL is set.
@@ -58,7 +58,7 @@ async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool)
         BrokerKind::RabbitMq => {
             let url = config.redacted_amqp_url();
             // Any operation connects; an empty presence lookup is the cheapest one.
-            match functions.app.broker.is_online(&[]).await {
+            match functions.app.broker.is_online(&[], None).await {
                 Ok(_) => println!("broker: RabbitMQ at {url}"),
                 Err(error) => println!(
                     "broker: RabbitMQ at {url} — not reachable yet ({error}); requests answer 503 until it is"
@@ -66,21 +66,33 @@ async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool)
             }
         }
     }
-    if using_dev_secret {
+    println!();
+    // Tokens and the key are printed only while they are the development ones: with a
+    // real secret or key, the banner (often kept in a log) must not leak either.
+    let alice = if using_dev_secret {
         println!(
             "JWT_SECRET is not set: tokens are signed with the development secret {DEV_JWT_SECRET:?}"
         );
-    }
-    let issuer = TokenIssuer::new(config.require_jwt_secret().expect("set by Functions::new"));
-    let day = Duration::from_secs(24 * 3600);
-    let [(alice_id, alice_name), (bob_id, bob_name)] = demo::DEMO_USERS;
-    let college = Some(CollegeId(demo::DEMO_COLLEGE));
-    let alice = issuer.mint(UserId(alice_id), college, Some(alice_name), day);
-    let bob = issuer.mint(UserId(bob_id), college, Some(bob_name), day);
-    let key = config.publish_api_key.as_deref().unwrap_or("(IAM)");
-    println!();
-    println!("user 1 (Alice, college 1) token: {alice}");
-    println!("user 2 (Bob, college 1) token:   {bob}");
+        let issuer = TokenIssuer::new(config.require_jwt_secret().expect("set by Functions::new"));
+        let day = Duration::from_secs(24 * 3600);
+        let [(alice_id, alice_name), (bob_id, bob_name)] = demo::DEMO_USERS;
+        let college = Some(CollegeId(demo::DEMO_COLLEGE));
+        let alice = issuer.mint(UserId(alice_id), college, Some(alice_name), day);
+        let bob = issuer.mint(UserId(bob_id), college, Some(bob_name), day);
+        println!("user 1 (Alice, college 1) token: {alice}");
+        println!("user 2 (Bob, college 1) token:   {bob}");
+        alice
+    } else {
+        println!(
+            "JWT_SECRET is set: sign user tokens with it (HS256; claims sub, exp, college_id)."
+        );
+        "<TOKEN>".to_owned()
+    };
+    let key = match config.publish_api_key.as_deref() {
+        Some(DEV_PUBLISH_KEY) => DEV_PUBLISH_KEY,
+        Some(_) => "<PUBLISH_API_KEY>",
+        None => "(IAM)",
+    };
     println!("publish key (X-Api-Key):          {key}");
     println!();
     println!("See it work: open {base}/demo/ (Alice and Bob chatting through the browser client).");

@@ -119,6 +119,45 @@ fn origins_can_be_restricted() {
     });
 }
 
+/// With a real secret and publish key, the banner prints neither, nor any token signed
+/// with the secret: banners end up in logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_banner_never_prints_real_secrets() {
+    let secret = "a-real-deployment-secret-of-40-bytes-xyz";
+    let key = "a-real-publish-key";
+    let mut server = Command::new(env!("CARGO_BIN_EXE_longpoll-local"))
+        .args(["--addr", "127.0.0.1:0"])
+        .env(
+            "AMQP_URL",
+            std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll_tests::amqp_url()),
+        )
+        .env("JWT_SECRET", secret)
+        .env("PUBLISH_API_KEY", key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("the first one answers at once");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let banner = banner.join("\n");
+    assert!(banner.contains("broker: RabbitMQ"), "{banner}");
+    assert!(
+        !banner.contains(secret) && !banner.contains(key),
+        "{banner}"
+    );
+    assert!(!banner.contains("eyJ"), "no token is printed: {banner}");
+    assert!(banner.contains("<TOKEN>") && banner.contains("<PUBLISH_API_KEY>"));
+}
+
 /// The binary as the README runs it: the banner names the broker and prints a working
 /// token and curl pair; SIGTERM lets a held poll answer, then the process exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

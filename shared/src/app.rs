@@ -23,7 +23,8 @@ pub struct App {
 impl App {
     /// Fails when `JWT_SECRET` is missing: every user-facing function needs it.
     pub fn new(config: Config, broker: Arc<dyn Broker>) -> Result<Self, ConfigError> {
-        let tokens = TokenVerifier::new(config.require_jwt_secret()?);
+        let tokens = TokenVerifier::new(config.require_jwt_secret()?)
+            .requiring(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
         Ok(Self {
             config,
             tokens,

@@ -17,6 +17,9 @@ pub const DEFAULT_AMQP_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// The JWT secret of local development (the local server and `cargo lambda watch`
 /// use it when `JWT_SECRET` is not set). Never for a deployment.
 pub const DEV_JWT_SECRET: &str = "longpoll-local-dev-secret";
+/// Shortest `JWT_SECRET` accepted (bar [`DEV_JWT_SECRET`]): an HS256 key shorter than
+/// the hash's 32 bytes can be guessed offline from any one token.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// The publish key of local development, likewise.
 pub const DEV_PUBLISH_KEY: &str = "local-publish-key";
 
@@ -37,6 +40,10 @@ pub struct Config {
     /// Shared secret for HS256 user tokens; required by the functions that take a user
     /// token (see [`Config::require_jwt_secret`]).
     pub jwt_secret: Option<Vec<u8>>,
+    /// The `iss` every user token must carry (`JWT_ISSUER`); unchecked when unset.
+    pub jwt_issuer: Option<String>,
+    /// An `aud` every user token must name (`JWT_AUDIENCE`); unchecked when unset.
+    pub jwt_audience: Option<String>,
     /// Topic exchange events are published to and user queues are bound to.
     pub exchange: String,
     /// The hold of a poll that finds nothing (`POLL_TIMEOUT_MS`).
@@ -102,9 +109,24 @@ impl Config {
                 reason: "expected an amqp:// or amqps:// URL".to_owned(),
             });
         }
+        let jwt_secret = get("JWT_SECRET");
+        if let Some(secret) = &jwt_secret
+            && secret.len() < MIN_JWT_SECRET_BYTES
+            && secret != DEV_JWT_SECRET
+        {
+            return Err(ConfigError::Invalid {
+                var: "JWT_SECRET",
+                reason: format!(
+                    "{} bytes is too short to sign tokens safely; use at least {MIN_JWT_SECRET_BYTES} random bytes",
+                    secret.len()
+                ),
+            });
+        }
         Ok(Self {
             amqp_url,
-            jwt_secret: get("JWT_SECRET").map(String::into_bytes),
+            jwt_secret: jwt_secret.map(String::into_bytes),
+            jwt_issuer: get("JWT_ISSUER"),
+            jwt_audience: get("JWT_AUDIENCE"),
             exchange: get("EVENTS_EXCHANGE").unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned()),
             poll_timeout: millis("POLL_TIMEOUT_MS", DEFAULT_POLL_TIMEOUT)?,
             presence_ttl: millis("PRESENCE_TTL_MS", DEFAULT_PRESENCE_TTL)?,
@@ -130,6 +152,8 @@ impl Config {
         Self {
             amqp_url: amqp_url.to_owned(),
             jwt_secret: jwt_secret.map(|secret| secret.as_bytes().to_vec()),
+            jwt_issuer: None,
+            jwt_audience: None,
             exchange: DEFAULT_EXCHANGE.to_owned(),
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             presence_ttl: DEFAULT_PRESENCE_TTL,
@@ -158,6 +182,8 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("amqp_url", &self.redacted_amqp_url())
             .field("jwt_secret", &"<redacted>")
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
             .field("exchange", &self.exchange)
             .field("poll_timeout", &self.poll_timeout)
             .field("presence_ttl", &self.presence_ttl)
@@ -201,12 +227,34 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_contract() {
-        let config = config(&[("JWT_SECRET", "s")]).unwrap();
+        let config = config(&[("JWT_SECRET", "a-secret-of-thirty-two-bytes-xyz")]).unwrap();
         assert_eq!(config.amqp_url, DEFAULT_AMQP_URL);
         assert_eq!(config.exchange, "longpoll.events");
         assert_eq!(config.poll_timeout, Duration::from_millis(5500));
         assert_eq!(config.presence_ttl, Duration::from_secs(300));
         assert_eq!(config.connection_name, "poll-events");
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused_unless_it_is_the_development_one() {
+        let error = config_error(&[("JWT_SECRET", "only-twenty-bytes-xx")]);
+        assert!(
+            error.to_string().starts_with("JWT_SECRET is invalid"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("at least 32"));
+        assert!(config(&[("JWT_SECRET", DEV_JWT_SECRET)]).is_ok());
+        let issuer = config(&[
+            ("JWT_SECRET", DEV_JWT_SECRET),
+            ("JWT_ISSUER", "https://auth.example.edu"),
+            ("JWT_AUDIENCE", "longpoll"),
+        ])
+        .unwrap();
+        assert_eq!(
+            issuer.jwt_issuer.as_deref(),
+            Some("https://auth.example.edu")
+        );
+        assert_eq!(issuer.jwt_audience.as_deref(), Some("longpoll"));
     }
 
     #[test]
@@ -236,16 +284,24 @@ mod tests {
 
     #[test]
     fn bad_numbers_and_urls_name_the_variable() {
-        let error = config(&[("JWT_SECRET", "s"), ("POLL_TIMEOUT_MS", "soon")]).unwrap_err();
+        let error = config(&[
+            ("JWT_SECRET", "a-secret-of-thirty-two-bytes-xyz"),
+            ("POLL_TIMEOUT_MS", "soon"),
+        ])
+        .unwrap_err();
         assert!(error.to_string().starts_with("POLL_TIMEOUT_MS is invalid"));
-        let error = config(&[("JWT_SECRET", "s"), ("AMQP_URL", "http://x")]).unwrap_err();
+        let error = config(&[
+            ("JWT_SECRET", "a-secret-of-thirty-two-bytes-xyz"),
+            ("AMQP_URL", "http://x"),
+        ])
+        .unwrap_err();
         assert!(error.to_string().starts_with("AMQP_URL is invalid"));
     }
 
     #[test]
     fn debug_output_hides_secrets() {
         let config = config(&[
-            ("JWT_SECRET", "topsecret"),
+            ("JWT_SECRET", "topsecret-topsecret-topsecret-top"),
             (
                 "AMQP_URL",
                 "amqps://user:hunter2@b-1.mq.amazonaws.com:5671/%2f",

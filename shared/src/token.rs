@@ -22,6 +22,8 @@ pub enum AuthError {
     BadScheme,
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet (`nbf` is in the future)")]
+    NotYetValid,
     #[error("the token is not valid: {0}")]
     Invalid(&'static str),
 }
@@ -33,6 +35,7 @@ impl AuthError {
             AuthError::Missing => "missing_token",
             AuthError::BadScheme => "bad_authorization_scheme",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::Invalid(_) => "invalid_token",
         }
     }
@@ -95,8 +98,9 @@ impl TokenVerifier {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         // HS256 only (an `alg: none` or RS256 token is refused), `exp` required, and an
-        // expired token is expired: no leeway.
+        // expired token is expired: no leeway. A token with `nbf` is refused before it.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
         Self {
@@ -105,11 +109,32 @@ impl TokenVerifier {
         }
     }
 
+    /// Also requires `iss` to be `issuer` (when given) and `aud` to name `audience`
+    /// (when given): `JWT_ISSUER` and `JWT_AUDIENCE`, for an identity provider whose
+    /// secret signs tokens for other services too.
+    pub fn requiring(mut self, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let mut required = vec!["exp"];
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            self.validation.validate_aud = true;
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
+    }
+
     /// Checks signature, algorithm and expiry, and reads the claims.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |error| match error.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer (`iss`)"),
+                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience (`aud`)"),
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     AuthError::Invalid("only HS256 is accepted")
@@ -166,6 +191,13 @@ impl TokenIssuer {
         Self {
             key: EncodingKey::from_secret(secret),
         }
+    }
+
+    /// A token carrying exactly `claims` (a JSON object), signed: for testing the
+    /// verifier's rules on claims this issuer does not otherwise set (`nbf`, `iss`, `aud`).
+    pub fn mint_claims(&self, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.key)
+            .expect("HS256 signing with an in-memory key cannot fail")
     }
 
     /// A token for `user`, valid for `ttl`.

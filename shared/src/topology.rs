@@ -111,6 +111,12 @@ pub fn presence_queue_name(user: UserId) -> String {
     format!("online_status:user:{user}")
 }
 
+/// `college.<college>.user.<user>`: the key a college member's presence queue is bound
+/// under on the presence exchange, so a lookup scoped to the college finds only members.
+pub fn college_presence_key(college: CollegeId, user: UserId) -> String {
+    format!("college.{college}.user.{user}")
+}
+
 /// The arguments of every user queue, in the contract's words. `x-queue-type` is
 /// explicit because Amazon MQ on RabbitMQ 4 would otherwise make a quorum queue.
 pub fn user_queue_arguments() -> Vec<(&'static str, QueueArgument)> {

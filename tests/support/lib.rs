@@ -141,7 +141,7 @@ pub async fn publish_all(
 /// the hold still bounds the queue's creation, so it leaves room for a busy broker.
 pub async fn declare(broker: &dyn Broker, subscriber: &Subscriber) {
     broker
-        .mark_online(subscriber.user_id)
+        .mark_online(subscriber.user_id, subscriber.college_id)
         .await
         .expect("mark online");
     let events = broker

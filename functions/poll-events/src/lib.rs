@@ -41,7 +41,9 @@ async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> 
     let deadline = poll_deadline(request, app.config.poll_timeout);
     let started = Instant::now();
     // Presence first: if the broker is down we answer 503 before taking any event.
-    app.broker.mark_online(identity.user_id).await?;
+    app.broker
+        .mark_online(identity.user_id, identity.college_id)
+        .await?;
     let subscriber = identity.subscriber(device);
     let events = match &cursor {
         None => app.broker.wait_for_events(&subscriber, deadline).await?,

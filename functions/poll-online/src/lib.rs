@@ -2,7 +2,9 @@
 //!
 //! A user is online while their presence queue exists: declared by each poll, expiring
 //! five minutes after the last one, deleted by disconnect. Any signed-in user may ask
-//! about up to 100 users at once.
+//! about up to 100 users at once. A caller whose token names a college sees the presence
+//! of that college's members only (anyone else answers `false`); a caller without a
+//! college sees everyone's.
 
 use lambda_http::{
     Body, Error, Request, Response,
@@ -25,9 +27,10 @@ pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error
 
 async fn online(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
     require_method(request, Method::GET)?;
-    app.authenticate(request)?;
+    let caller = app.authenticate(request)?;
     let users = parse_user_ids(query_param(request, "user_ids").as_deref())?;
-    let online = app.broker.is_online(&users).await?;
+    // A member of a college sees its members only; a caller without one, anyone.
+    let online = app.broker.is_online(&users, caller.college_id).await?;
     let online: Map<String, Value> = users
         .iter()
         .zip(online)

@@ -23,7 +23,8 @@ use super::{Broker, BrokerError, Publication, Receipt};
 use crate::{
     event::{Event, epoch_seconds},
     topology::{
-        MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES, UserId,
+        CollegeId, MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES,
+        UserId,
     },
 };
 
@@ -42,8 +43,8 @@ struct State {
     queues: HashMap<String, Queue>,
     /// Routing key → names of the queues bound to it (the topic exchange).
     bindings: HashMap<String, BTreeSet<String>>,
-    /// User → when their presence lapses.
-    presence: HashMap<UserId, Instant>,
+    /// User → when their presence lapses, and their college.
+    presence: HashMap<UserId, (Instant, Option<CollegeId>)>,
     last_sweep: Option<Instant>,
 }
 
@@ -132,7 +133,7 @@ impl State {
         for name in expired {
             self.delete_queue(&name);
         }
-        self.presence.retain(|_, lapses| *lapses > now);
+        self.presence.retain(|_, (lapses, _)| *lapses > now);
     }
 
     fn delete_queue(&mut self, name: &str) {
@@ -344,9 +345,14 @@ impl Broker for MemoryBroker {
         .await
     }
 
-    async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
+    async fn mark_online(
+        &self,
+        user: UserId,
+        college: Option<CollegeId>,
+    ) -> Result<(), BrokerError> {
         let now = Instant::now();
-        self.state().presence.insert(user, now + self.presence_ttl);
+        let lapses = now + self.presence_ttl;
+        self.state().presence.insert(user, (lapses, college));
         Ok(())
     }
 
@@ -355,12 +361,20 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
+    async fn is_online(
+        &self,
+        users: &[UserId],
+        within: Option<CollegeId>,
+    ) -> Result<Vec<bool>, BrokerError> {
         let now = Instant::now();
         let state = self.state();
         Ok(users
             .iter()
-            .map(|user| state.presence.get(user).is_some_and(|lapses| *lapses > now))
+            .map(|user| {
+                state.presence.get(user).is_some_and(|(lapses, college)| {
+                    *lapses > now && (within.is_none() || *college == within)
+                })
+            })
             .collect())
     }
 }

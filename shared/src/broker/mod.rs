@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::{
     event::{Event, OutgoingEvent},
-    topology::{Audience, Subscriber, UserId},
+    topology::{Audience, CollegeId, Subscriber, UserId},
 };
 
 /// The broker could not do what was asked. Handlers answer 503 with `Retry-After`:
@@ -95,15 +95,25 @@ pub trait Broker: Send + Sync + 'static {
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError>;
 
-    /// Marks the user online for the presence TTL from now.
-    async fn mark_online(&self, user: UserId) -> Result<(), BrokerError>;
+    /// Marks the user, a member of `college` if their token names one, online for the
+    /// presence TTL from now.
+    async fn mark_online(
+        &self,
+        user: UserId,
+        college: Option<CollegeId>,
+    ) -> Result<(), BrokerError>;
 
     /// Marks the user offline at once.
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError>;
 
     /// Whether each user is online (polled within the presence TTL, not disconnected
-    /// since), in the order given.
-    async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError>;
+    /// since), in the order given. With `within`, only that college's members can be:
+    /// a caller who belongs to a college sees the presence of its members alone.
+    async fn is_online(
+        &self,
+        users: &[UserId],
+        within: Option<CollegeId>,
+    ) -> Result<Vec<bool>, BrokerError>;
 
     /// Releases the broker connection (graceful shutdown of a long-running server).
     async fn close(&self) {}

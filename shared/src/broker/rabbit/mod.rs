@@ -50,9 +50,9 @@ use crate::{
     config::Config,
     event::{Event, epoch_seconds},
     topology::{
-        MAX_BATCH, MAX_QUEUE_LENGTH, QueueArgument, Subscriber, UserId, binding_record_arguments,
-        binding_record_queue_name, millis, presence_queue_arguments, presence_queue_name,
-        user_queue_arguments,
+        CollegeId, MAX_BATCH, MAX_QUEUE_LENGTH, QueueArgument, Subscriber, UserId,
+        binding_record_arguments, binding_record_queue_name, college_presence_key, millis,
+        presence_queue_arguments, presence_queue_name, user_queue_arguments,
     },
 };
 
@@ -87,9 +87,13 @@ pub struct RabbitBroker {
     /// one consumer per poll.
     subscriptions: Option<Arc<Subscriptions>>,
     /// With lingering consumers: user → when this process is next due to re-declare
-    /// their presence queue (a tenth to a fifth of its TTL after the last declare).
-    presence_declared: Option<SyncMutex<HashMap<UserId, Instant>>>,
+    /// their presence queue (a tenth to a fifth of its TTL after the last declare), and
+    /// the college it was bound under.
+    presence_declared: Option<SyncMutex<HashMap<UserId, PresenceDeclared>>>,
 }
+
+/// When a user's presence is next due for a re-declare, and the college it was bound under.
+type PresenceDeclared = (Instant, Option<CollegeId>);
 
 impl RabbitBroker {
     /// A broker for `config`. Connects lazily, on the first operation, so a function
@@ -124,7 +128,7 @@ impl RabbitBroker {
     }
 
     /// Whether this process declared `user`'s presence recently enough to skip it.
-    fn presence_fresh(&self, user: UserId) -> bool {
+    fn presence_fresh(&self, user: UserId, college: Option<CollegeId>) -> bool {
         let Some(declared) = &self.presence_declared else {
             return false;
         };
@@ -133,20 +137,23 @@ impl RabbitBroker {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
         if declared.len() >= 100_000 {
-            declared.retain(|_, due| *due > now);
+            declared.retain(|_, (due, _)| *due > now);
         }
-        declared.get(&user).is_some_and(|due| *due > now)
+        declared
+            .get(&user)
+            .is_some_and(|(due, bound)| *due > now && *bound == college)
     }
 
-    fn note_presence(&self, user: UserId, online: bool) {
+    /// Notes `user` online (`Some`, with their college) or offline (`None`).
+    fn note_presence(&self, user: UserId, online: Option<Option<CollegeId>>) {
         if let Some(declared) = &self.presence_declared {
             let mut declared = declared
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if online {
+            if let Some(college) = online {
                 let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
                 let refresh = self.presence_ttl.mul_f64(0.1 + 0.1 * jitter);
-                declared.insert(user, Instant::now() + refresh);
+                declared.insert(user, (Instant::now() + refresh, college));
             } else {
                 declared.remove(&user);
             }
@@ -876,11 +883,16 @@ impl Broker for RabbitBroker {
         }
     }
 
-    async fn mark_online(&self, user: UserId) -> Result<(), BrokerError> {
-        if self.presence_fresh(user) {
+    async fn mark_online(
+        &self,
+        user: UserId,
+        college: Option<CollegeId>,
+    ) -> Result<(), BrokerError> {
+        if self.presence_fresh(user, college) {
             return Ok(());
         }
         let queue = presence_queue_name(user);
+        let presence_exchange = self.connector.presence_exchange();
         let deadline = Instant::now() + self.connector.op_timeout;
         // On a channel of its own: a refused declare (a queue limit) closes it, and must
         // not end the polls held on a shared lane.
@@ -890,23 +902,37 @@ impl Broker for RabbitBroker {
                 let options = QueueDeclareOptions {
                     durable: true,
                     auto_delete: true,
+                    nowait: college.is_some(),
                     ..Default::default()
                 };
                 let arguments = field_table(presence_queue_arguments(self.presence_ttl));
                 lane.channel
-                    .queue_declare(queue.into(), options, arguments)
+                    .queue_declare(queue.as_str().into(), options, arguments)
                     .await?;
+                // A member of a college is also found by the college's lookups: the
+                // binding's reply vouches for the declare before it.
+                if let Some(college) = college {
+                    lane.channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            presence_exchange.into(),
+                            college_presence_key(college, user).into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
                 lane.finished();
                 Ok(())
             }
         })
         .await?;
-        self.note_presence(user, true);
+        self.note_presence(user, Some(college));
         Ok(())
     }
 
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
-        self.note_presence(user, false);
+        self.note_presence(user, None);
         let queue = presence_queue_name(user);
         let deadline = Instant::now() + self.connector.op_timeout;
         self.run_on("presence", deadline, |lane: OwnLane| {
@@ -927,7 +953,11 @@ impl Broker for RabbitBroker {
         self.connector.close().await;
     }
 
-    async fn is_online(&self, users: &[UserId]) -> Result<Vec<bool>, BrokerError> {
+    async fn is_online(
+        &self,
+        users: &[UserId],
+        within: Option<CollegeId>,
+    ) -> Result<Vec<bool>, BrokerError> {
         if users.is_empty() {
             // Still connects: the local server's banner uses this to check the broker.
             let deadline = Instant::now() + self.connector.op_timeout;
@@ -940,7 +970,15 @@ impl Broker for RabbitBroker {
         // (`basic.return`) found no presence queue. The probes expire at once
         // (`expiration` 0), so presence queues stay empty, and publishing does not count
         // as using a queue, so it does not extend the presence TTL. One round trip for
-        // the whole lookup, and no channel is ever closed by the broker.
+        // the whole lookup, and no channel is ever closed by the broker. Scoped to a
+        // college, the probes go to the presence exchange instead, where a member's
+        // presence queue is bound under the college and user (see `mark_online`).
+        let (exchange, key): (&str, &dyn Fn(UserId) -> String) = match within {
+            None => (DEFAULT_EXCHANGE, &presence_queue_name),
+            Some(college) => (self.connector.presence_exchange(), &move |user| {
+                college_presence_key(college, user)
+            }),
+        };
         let ids: Vec<String> = (0..users.len())
             .map(|index| format!("presence-{index}"))
             .collect();
@@ -948,7 +986,7 @@ impl Broker for RabbitBroker {
             .iter()
             .zip(&ids)
             .map(|(user, id)| Outgoing {
-                routing_key: presence_queue_name(*user),
+                routing_key: key(*user),
                 id,
                 body: b"",
                 properties: BasicProperties::default()
@@ -956,7 +994,7 @@ impl Broker for RabbitBroker {
                     .with_expiration("0".into()),
             })
             .collect();
-        self.publish_mandatory("presence lookup", DEFAULT_EXCHANGE, &probes)
+        self.publish_mandatory("presence lookup", exchange, &probes)
             .await
     }
 }

@@ -44,6 +44,7 @@ pub(super) struct Connector {
     pub url: String,
     pub connection_name: String,
     pub exchange: String,
+    presence_exchange: String,
     pub op_timeout: Duration,
     /// The shared session. A mutex (not a lock-free cell) so that when it dies, one
     /// caller reconnects while the others wait for the result instead of racing to open
@@ -155,6 +156,7 @@ impl Connector {
         Self {
             url,
             connection_name,
+            presence_exchange: format!("{exchange}.presence"),
             exchange,
             op_timeout,
             current: Mutex::new(None),
@@ -189,8 +191,9 @@ impl Connector {
             own_in_use: Arc::default(),
             refusals: Arc::default(),
         };
-        // The first lane also declares the exchange, once per connection.
-        let first = timeout_at(deadline, session.open_slot(Some(&self.exchange)))
+        // The first lane also declares the exchanges, once per connection.
+        let exchanges = [&self.exchange, &self.presence_exchange];
+        let first = timeout_at(deadline, session.open_slot(Some(exchanges)))
             .await
             .map_err(|_| BrokerError::Timeout("channel set-up"))?
             .map_err(|error| BrokerError::Failed {
@@ -218,6 +221,12 @@ impl Connector {
                     .await;
             });
         }
+    }
+
+    /// `<exchange>.presence`: a direct exchange where college members' presence queues
+    /// are bound (see [`crate::topology::college_presence_key`]).
+    pub fn presence_exchange(&self) -> &str {
+        &self.presence_exchange
     }
 
     /// Closes the connection (graceful shutdown); the next operation would reopen it.
@@ -302,7 +311,7 @@ impl Session {
         }
     }
 
-    async fn open_slot(&self, exchange: Option<&str>) -> lapin::Result<Slot> {
+    async fn open_slot(&self, exchanges: Option<[&String; 2]>) -> lapin::Result<Slot> {
         let channel = self.connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -311,19 +320,24 @@ impl Session {
         channel
             .basic_qos(MAX_BATCH as u16, BasicQosOptions { global: false })
             .await?;
-        if let Some(exchange) = exchange {
+        if let Some([events, presence]) = exchanges {
             let durable = ExchangeDeclareOptions {
                 durable: true,
                 ..Default::default()
             };
-            channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
+            for (exchange, kind) in [
+                (events, ExchangeKind::Topic),
+                (presence, ExchangeKind::Direct),
+            ] {
+                channel
+                    .exchange_declare(
+                        exchange.as_str().into(),
+                        kind,
+                        durable,
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
         }
         Ok(Slot {
             channel,
