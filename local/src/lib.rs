@@ -9,12 +9,15 @@
 //!   the OpenAPI description is at `/openapi.yaml`.
 //! - [`serve`]: runs the router until `shutdown` resolves; held polls answer before it
 //!   returns (their hold ends), new connections are refused meanwhile.
+//! - [`edge`]: the connection cap, the header-read timeout and the bounded shutdown that
+//!   keep one client's sockets from tying the server up.
 //!
 //! Each request becomes a `lambda_http::Request` (method, URI, headers, body), exactly
 //! what the handler sees under API Gateway bar the Lambda context, so the poll holds for
 //! `POLL_TIMEOUT_MS`.
 
 pub mod demo;
+pub mod edge;
 
 use std::{future::Future, sync::Arc};
 
@@ -167,19 +170,32 @@ pub fn cors(origins: &[String]) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets held polls answer,
-/// then closes the broker connection.
+/// Serves the router on `listener` within the default [`edge::Limits`] until `shutdown`
+/// resolves, then lets held polls answer (for their hold plus 2 s at most), then closes
+/// the broker connection.
 pub async fn serve(
     listener: TcpListener,
     functions: Arc<Functions>,
     cors: CorsLayer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = edge::Limits::for_hold(functions.app.config.poll_timeout);
+    serve_within(listener, functions, cors, limits, shutdown).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within(
+    listener: TcpListener,
+    functions: Arc<Functions>,
+    cors: CorsLayer,
+    limits: edge::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = router(functions.clone(), cors);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    functions.app.broker.close().await;
+    edge::serve(listener, app, limits, shutdown).await;
+    // A broker that does not answer the close must not hold the exit up.
+    let close = functions.app.broker.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), close).await;
     Ok(())
 }
 

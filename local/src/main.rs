@@ -8,7 +8,9 @@ use longpoll::{
     token::TokenIssuer,
     topology::{CollegeId, UserId},
 };
-use longpoll_local::{BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, demo, serve};
+use longpoll_local::{
+    BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, demo, edge, serve_within,
+};
 
 /// Every long-polling endpoint on its real path, in one process: in-memory events by
 /// default, RabbitMQ when AMQP_URL is set.
@@ -21,6 +23,14 @@ struct Args {
     /// Origins allowed to call the API from a browser, comma-separated; `*` for any.
     #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
     cors_origins: Vec<String>,
+    /// Most connections open at once (lowered to fit the file-descriptor limit); past
+    /// it, new connections get 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = edge::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a client gets to send a request's headers (10 at most).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=10))]
+    header_read_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -39,10 +49,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = format!("http://{}", listener.local_addr()?);
 
     print_banner(&functions, &base, using_dev_secret).await;
-    serve(
+    let limits = edge::Limits {
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        ..edge::Limits::for_hold(functions.app.config.poll_timeout)
+    }
+    .fitted_to_descriptors();
+    serve_within(
         listener,
         functions,
         cors(&args.cors_origins),
+        limits,
         shutdown_signal(),
     )
     .await?;
@@ -108,19 +125,23 @@ async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool)
     println!();
 }
 
-/// Ctrl-C or SIGTERM. Held polls then answer within their hold (5.5 s at most); a
-/// second signal quits at once.
+/// Ctrl-C or SIGTERM. Held polls then answer within their hold (5.5 s at most; the
+/// server returns 2 s after that whatever the sockets do); a second signal of either
+/// kind quits at once.
 async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {
-        _ = interrupt => {}
+        _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
     println!("shutting down: held polls answer within their hold (signal again to quit now)");
-    tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        println!("second signal: quitting now");
         std::process::exit(130);
     });
 }

@@ -8,6 +8,7 @@ use lambda_http::{Request, http::header};
 use crate::{
     broker::{Broker, RabbitBroker},
     config::{Config, ConfigError},
+    held::HeldPolls,
     http::{ApiError, query_param},
     token::{AuthError, Identity, TokenVerifier, extract_token},
 };
@@ -18,6 +19,8 @@ pub struct App {
     pub config: Config,
     pub tokens: TokenVerifier,
     pub broker: Arc<dyn Broker>,
+    /// The polls each user holds now, against `config.max_polls_per_user`.
+    pub held_polls: Arc<HeldPolls>,
 }
 
 impl App {
@@ -26,6 +29,7 @@ impl App {
         let tokens = TokenVerifier::new(config.require_jwt_secret()?)
             .requiring(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
         Ok(Self {
+            held_polls: Arc::new(HeldPolls::new(config.max_polls_per_user)),
             config,
             tokens,
             broker,

@@ -2,6 +2,8 @@
 
 use std::{env, fmt, time::Duration};
 
+pub use crate::held::DEFAULT_MAX_POLLS_PER_USER;
+
 /// Default broker: the local RabbitMQ with its stock credentials.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Default topic exchange every event is published to.
@@ -57,6 +59,8 @@ pub struct Config {
     /// `PUBLISH_TRUST_IAM=true`: API Gateway authorises the publish route with IAM
     /// (`AWS_IAM`), so the function accepts requests that carry an IAM caller.
     pub publish_trust_iam: bool,
+    /// Most polls one user may hold at once in this process (`MAX_POLLS_PER_USER`).
+    pub max_polls_per_user: usize,
     /// The name this process's AMQP connection shows in the management UI and
     /// `rabbitmqctl list_connections`, so an operator can tell functions apart.
     pub connection_name: String,
@@ -142,6 +146,18 @@ impl Config {
                     });
                 }
             },
+            max_polls_per_user: match get("MAX_POLLS_PER_USER") {
+                None => DEFAULT_MAX_POLLS_PER_USER,
+                Some(text) => text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|max| *max > 0)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        var: "MAX_POLLS_PER_USER",
+                        reason: format!("expected a positive whole number, got {text:?}"),
+                    })?,
+            },
             connection_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| function.to_owned()),
         })
     }
@@ -160,6 +176,7 @@ impl Config {
             amqp_timeout: DEFAULT_AMQP_TIMEOUT,
             publish_api_key: None,
             publish_trust_iam: false,
+            max_polls_per_user: DEFAULT_MAX_POLLS_PER_USER,
             connection_name: connection_name.to_owned(),
         }
     }
@@ -193,6 +210,7 @@ impl fmt::Debug for Config {
                 &self.publish_api_key.as_ref().map(|_| "<redacted>"),
             )
             .field("publish_trust_iam", &self.publish_trust_iam)
+            .field("max_polls_per_user", &self.max_polls_per_user)
             .field("connection_name", &self.connection_name)
             .finish()
     }

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::{broker::BrokerError, token::AuthError};
+use crate::{broker::BrokerError, telemetry::Throttle, token::AuthError};
 
 /// Seconds a client should wait before retrying when the broker is unavailable.
 pub const RETRY_AFTER_SECS: u64 = 2;
@@ -41,6 +41,8 @@ pub enum ApiError {
     Forbidden { code: &'static str, message: String },
     #[error("too large: {what}")]
     PayloadTooLarge { what: String },
+    #[error("this user already holds {max} polls at once; wait for one to answer")]
+    TooManyPolls { max: usize },
     #[error(transparent)]
     Unavailable(#[from] BrokerError),
 }
@@ -61,6 +63,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyPolls { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::Forbidden { code, .. } => code,
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::TooManyPolls { .. } => "too_many_polls",
             ApiError::Unavailable(BrokerError::Refused { .. }) => "broker_refused",
             ApiError::Unavailable(_) => "broker_unavailable",
         }
@@ -83,13 +87,19 @@ impl ApiError {
         let message = match &self {
             // The detail (host, AMQP reply) is for the logs, not for browsers.
             ApiError::Unavailable(cause @ BrokerError::Refused { .. }) => {
-                warn!(error = %cause, "answering 503: the broker refused this request");
+                static REFUSED: Throttle = Throttle::per_second();
+                if let Some(suppressed) = REFUSED.allow() {
+                    warn!(error = %cause, suppressed, "answering 503: the broker refused this request");
+                }
                 format!(
                     "the event broker refused this request (one of its limits was reached); retry in {REFUSED_RETRY_AFTER_SECS} s"
                 )
             }
             ApiError::Unavailable(cause) => {
-                warn!(error = %cause, "answering 503: broker unavailable");
+                static UNAVAILABLE: Throttle = Throttle::per_second();
+                if let Some(suppressed) = UNAVAILABLE.allow() {
+                    warn!(error = %cause, suppressed, "answering 503: broker unavailable");
+                }
                 format!("the event broker is unavailable; retry in {RETRY_AFTER_SECS} s")
             }
             other => other.to_string(),
@@ -105,6 +115,9 @@ impl ApiError {
                     header::ALLOW,
                     HeaderValue::from_str(allow.as_str()).expect("a method is a valid header"),
                 );
+            }
+            ApiError::TooManyPolls { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             ApiError::Unavailable(BrokerError::Refused { .. }) => {
                 let after = HeaderValue::from(REFUSED_RETRY_AFTER_SECS);

@@ -24,6 +24,7 @@
 //! - [`http`]: what every handler needs around the broker: JSON responses, the error to
 //!   status mapping, method checks, the query string, and the hold allowed by the Lambda
 //!   deadline.
+//! - [`held`]: the cap on the polls one user holds at once in a process.
 //! - [`publish`]: the publish endpoint's rules: its caller check (API key or IAM) and the
 //!   request body (one event or a batch, each validated, errors naming the field).
 //! - [`routes`]: the route table (method, path, function) that the local server, the
@@ -36,6 +37,7 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod event;
+pub mod held;
 pub mod http;
 pub mod publish;
 pub mod routes;

@@ -36,6 +36,12 @@ pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error
 async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
     require_method(request, Method::GET)?;
     let identity = app.authenticate(request)?;
+    let _held = app
+        .held_polls
+        .hold(identity.user_id)
+        .ok_or(ApiError::TooManyPolls {
+            max: app.held_polls.max_per_user(),
+        })?;
     let device = device(request)?;
     let cursor = cursor(request)?;
     let deadline = poll_deadline(request, app.config.poll_timeout);

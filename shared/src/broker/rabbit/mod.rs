@@ -49,6 +49,7 @@ use super::{Broker, BrokerError, Publication, Receipt};
 use crate::{
     config::Config,
     event::{Event, epoch_seconds},
+    telemetry::Throttle,
     topology::{
         CollegeId, MAX_BATCH, MAX_QUEUE_LENGTH, QueueArgument, Subscriber, UserId,
         binding_record_arguments, binding_record_queue_name, college_presence_key, millis,
@@ -438,7 +439,10 @@ impl RabbitBroker {
             if refused || attempts_left == 0 || Instant::now() >= deadline {
                 return Err(error);
             }
-            warn!(operation = name, %error, "broker operation failed; retrying");
+            static RETRYING: Throttle = Throttle::per_second();
+            if let Some(suppressed) = RETRYING.allow() {
+                warn!(operation = name, %error, suppressed, "broker operation failed; retrying");
+            }
         }
     }
 
