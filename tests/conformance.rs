@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use longpoll::topology::Audience;
+use longpoll::topology::{Audience, Subscriber};
 use longpoll_tests::*;
 use tokio::time::Instant;
 
@@ -329,6 +329,45 @@ async fn presence_lookups_scoped_to_a_college_see_its_members_only(make: MakeBro
     );
 }
 
+/// Past the per-user device cap, the least recently polled device's queue is deleted:
+/// the devices polled since keep every event, the evicted one gets none until it polls
+/// again.
+async fn past_the_device_cap_the_least_recently_polled_device_goes(make: MakeBroker) {
+    let mut config = config(&unique_name("conformance"));
+    config.max_devices_per_user = 3;
+    let broker = make(&config);
+    let user = unique_user();
+    let tab = |name: &str| Subscriber {
+        device: longpoll::topology::DeviceId::parse(name),
+        ..subscriber(user, None)
+    };
+    for name in ["a", "b", "c", "b", "d"] {
+        declare(&*broker, &tab(name)).await;
+    }
+    // "a" was polled least recently: its queue made room for "d".
+    let receipt = publish(&*broker, Audience::User(user), &message(1)).await;
+    assert!(receipt.routed);
+    for name in ["b", "c", "d"] {
+        let events = broker
+            .wait_for_events(&tab(name), Instant::now() + HOLD)
+            .await
+            .unwrap();
+        assert_eq!(
+            events.iter().map(message_data_id).collect::<Vec<_>>(),
+            [1],
+            "{name}"
+        );
+    }
+    let evicted = broker
+        .wait_for_events(&tab("a"), Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        evicted.is_empty(),
+        "the evicted device's queue went with its events"
+    );
+}
+
 /// Two polls of the same user share the guide's single queue: each event goes to one of
 /// them, none is lost or duplicated.
 async fn concurrent_polls_of_one_user_share_the_queue(make: MakeBroker) {
@@ -415,6 +454,7 @@ longpoll_tests::on_both_brokers!(
     concurrent_polls_of_one_user_share_the_queue,
     a_poll_rebinds_a_user_who_changed_college,
     presence_lookups_scoped_to_a_college_see_its_members_only,
+    past_the_device_cap_the_least_recently_polled_device_goes,
 );
 
 /// The rebinding holds across processes (Lambda instances), which share nothing but the

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use longpoll::topology::{Audience, presence_queue_name};
+use longpoll::topology::{Audience, DeviceId, Subscriber, presence_queue_name};
 use longpoll_tests::{private_node::PrivateNode, *};
 use tokio::time::Instant;
 
@@ -114,4 +114,118 @@ async fn a_refused_declare_fails_only_its_own_poll() {
         let events = hold.await.unwrap().expect("a held poll is not hurt");
         assert_eq!(events.iter().map(message_data_id).collect::<Vec<_>>(), [9]);
     }
+}
+
+/// One user polling from 500 device ids keeps at most the cap of device queues (each
+/// with its binding record), so a 100 KB college notice is copied a handful of times
+/// rather than 500; another user's events arrive as fast meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_spray_keeps_the_cap_and_slows_no_one() {
+    let node = PrivateNode::start(None);
+    let config = node_config(&node);
+    let cap = config.max_devices_per_user;
+    let broker = rabbit(&config);
+    let college = unique_college();
+    let sprayer = unique_user();
+    let spray = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            for n in 0..500 {
+                let tab = Subscriber {
+                    device: DeviceId::parse(&format!("tab-{n}")),
+                    ..subscriber(sprayer, Some(college))
+                };
+                broker
+                    .wait_for_events(&tab, Instant::now() + Duration::from_millis(10))
+                    .await
+                    .expect("a device poll");
+            }
+        })
+    };
+    let bystander = subscriber(unique_user(), None);
+    declare(&*broker, &bystander).await;
+    let mut slowest = Duration::ZERO;
+    while !spray.is_finished() {
+        let waiter = {
+            let (broker, user) = (broker.clone(), bystander.clone());
+            tokio::spawn(async move {
+                broker
+                    .wait_for_events(&user, Instant::now() + Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let published = Instant::now();
+        publish(&*broker, Audience::User(bystander.user_id), &message(1)).await;
+        let events = waiter.await.unwrap().unwrap();
+        slowest = slowest.max(published.elapsed());
+        assert_eq!(events.len(), 1);
+    }
+    spray.await.unwrap();
+    eprintln!("bystander's slowest publish-to-answer during a 500-device spray: {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+
+    let prefix = format!("event_queue:user:{sprayer}:");
+    let queues = node.ctl(&["list_queues", "name"]);
+    let devices = queues
+        .lines()
+        .filter(|name| name.starts_with(&prefix))
+        .count();
+    let records = queues
+        .lines()
+        .filter(|name| name.starts_with(&format!("bindings:{prefix}")))
+        .count();
+    assert_eq!((devices, records), (cap, cap), "{queues}");
+
+    let big = notice(&"x".repeat(100_000));
+    publish(&*broker, Audience::College(college), &big).await;
+    let copies: usize = node
+        .ctl(&["list_queues", "name", "messages"])
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .map(|line| line.rsplit('\t').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(copies, cap, "one copy per device queue kept");
+}
+
+/// The memory broker under the same spray, 5,000 devices: the cap holds, and the college
+/// notice is published in moments instead of stalling the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_spray_on_the_memory_broker_keeps_the_cap() {
+    let config = config(&unique_name("hostile"));
+    let broker = memory(&config);
+    let college = unique_college();
+    let sprayer = unique_user();
+    for n in 0..5_000 {
+        let tab = Subscriber {
+            device: DeviceId::parse(&format!("tab-{n}")),
+            ..subscriber(sprayer, Some(college))
+        };
+        broker.wait_for_events(&tab, Instant::now()).await.unwrap();
+    }
+    let started = Instant::now();
+    let big = notice(&"x".repeat(100_000));
+    let receipt = publish(&*broker, Audience::College(college), &big).await;
+    assert!(receipt.routed);
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut copies = 0;
+    for n in 0..5_000 {
+        let tab = Subscriber {
+            device: DeviceId::parse(&format!("tab-{n}")),
+            ..subscriber(sprayer, Some(college))
+        };
+        if n < 5_000 - config.max_devices_per_user {
+            continue;
+        }
+        copies += broker
+            .wait_for_events(&tab, Instant::now())
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(copies, config.max_devices_per_user);
 }

@@ -71,7 +71,10 @@ impl Functions {
     /// configuration has none.
     pub fn new(config: Config, kind: BrokerKind) -> Result<Self, ConfigError> {
         let broker: Arc<dyn Broker> = match kind {
-            BrokerKind::Memory => Arc::new(MemoryBroker::new(config.presence_ttl)),
+            BrokerKind::Memory => Arc::new(
+                MemoryBroker::new(config.presence_ttl)
+                    .with_max_devices_per_user(config.max_devices_per_user),
+            ),
             // One long-running process serves every user here, so each user's consumer
             // may outlive their poll: an idle re-poll then costs the broker nothing.
             BrokerKind::RabbitMq => {

@@ -2,7 +2,7 @@
 
 use std::{env, fmt, time::Duration};
 
-pub use crate::held::DEFAULT_MAX_POLLS_PER_USER;
+pub use crate::{broker::DEFAULT_MAX_DEVICES_PER_USER, held::DEFAULT_MAX_POLLS_PER_USER};
 
 /// Default broker: the local RabbitMQ with its stock credentials.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -61,6 +61,9 @@ pub struct Config {
     pub publish_trust_iam: bool,
     /// Most polls one user may hold at once in this process (`MAX_POLLS_PER_USER`).
     pub max_polls_per_user: usize,
+    /// Most device queues one user keeps (`MAX_DEVICES_PER_USER`); see
+    /// [`crate::broker::DEFAULT_MAX_DEVICES_PER_USER`].
+    pub max_devices_per_user: usize,
     /// The name this process's AMQP connection shows in the management UI and
     /// `rabbitmqctl list_connections`, so an operator can tell functions apart.
     pub connection_name: String,
@@ -106,6 +109,17 @@ impl Config {
                 },
             }
         };
+        let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(text) => text.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        var,
+                        reason: format!("expected a positive whole number, got {text:?}"),
+                    }
+                }),
+            }
+        };
         let amqp_url = get("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(ConfigError::Invalid {
@@ -146,18 +160,8 @@ impl Config {
                     });
                 }
             },
-            max_polls_per_user: match get("MAX_POLLS_PER_USER") {
-                None => DEFAULT_MAX_POLLS_PER_USER,
-                Some(text) => text
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|max| *max > 0)
-                    .ok_or_else(|| ConfigError::Invalid {
-                        var: "MAX_POLLS_PER_USER",
-                        reason: format!("expected a positive whole number, got {text:?}"),
-                    })?,
-            },
+            max_polls_per_user: count("MAX_POLLS_PER_USER", DEFAULT_MAX_POLLS_PER_USER)?,
+            max_devices_per_user: count("MAX_DEVICES_PER_USER", DEFAULT_MAX_DEVICES_PER_USER)?,
             connection_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| function.to_owned()),
         })
     }
@@ -177,6 +181,7 @@ impl Config {
             publish_api_key: None,
             publish_trust_iam: false,
             max_polls_per_user: DEFAULT_MAX_POLLS_PER_USER,
+            max_devices_per_user: DEFAULT_MAX_DEVICES_PER_USER,
             connection_name: connection_name.to_owned(),
         }
     }
@@ -211,6 +216,7 @@ impl fmt::Debug for Config {
             )
             .field("publish_trust_iam", &self.publish_trust_iam)
             .field("max_polls_per_user", &self.max_polls_per_user)
+            .field("max_devices_per_user", &self.max_devices_per_user)
             .field("connection_name", &self.connection_name)
             .finish()
     }

@@ -51,7 +51,10 @@ pub fn rabbit_lingering(config: &Config) -> Arc<dyn Broker> {
 }
 
 pub fn memory(config: &Config) -> Arc<dyn Broker> {
-    Arc::new(MemoryBroker::new(config.presence_ttl))
+    Arc::new(
+        MemoryBroker::new(config.presence_ttl)
+            .with_max_devices_per_user(config.max_devices_per_user),
+    )
 }
 
 /// A user id no other test (or earlier run) is likely to use.

@@ -19,7 +19,10 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
-use super::{Broker, BrokerError, Publication, Receipt};
+use super::{
+    Broker, BrokerError, Publication, Receipt,
+    devices::{DEFAULT_MAX_DEVICES_PER_USER, Devices},
+};
 use crate::{
     event::{Event, epoch_seconds},
     topology::{
@@ -35,6 +38,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// The in-memory [`Broker`].
 pub struct MemoryBroker {
     presence_ttl: Duration,
+    /// The cap on each user's device queues.
+    devices: Devices,
     state: Mutex<State>,
 }
 
@@ -138,6 +143,7 @@ impl State {
 
     fn delete_queue(&mut self, name: &str) {
         if let Some(queue) = self.queues.remove(name) {
+            queue.arrivals.notify_waiters();
             for key in queue.keys {
                 if let Some(bound) = self.bindings.get_mut(&key) {
                     bound.remove(name);
@@ -201,8 +207,15 @@ impl MemoryBroker {
     pub fn new(presence_ttl: Duration) -> Self {
         Self {
             presence_ttl,
+            devices: Devices::new(DEFAULT_MAX_DEVICES_PER_USER),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Keeps at most `max` device queues per user (see [`super::devices`]).
+    pub fn with_max_devices_per_user(mut self, max: usize) -> Self {
+        self.devices = Devices::new(max);
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -225,8 +238,14 @@ impl MemoryBroker {
         mut look: impl FnMut(&mut Queue, Instant) -> Vec<Event>,
     ) -> Result<Vec<Event>, BrokerError> {
         let name = subscriber.queue_name();
+        let evicted = self.devices.admit(subscriber);
         let arrivals = {
             let mut state = self.state();
+            if let Some(evicted) = evicted {
+                // A poll waiting on it ends with nothing, as RabbitMQ cancels consumers
+                // of a deleted queue.
+                state.delete_queue(&evicted.queue_name());
+            }
             state.sweep(Instant::now());
             let queue = state.declare(subscriber, Instant::now());
             queue.consumers += 1;
@@ -244,10 +263,11 @@ impl MemoryBroker {
             arrival.as_mut().enable();
             let batch = {
                 let mut state = self.state();
-                let queue = state
-                    .queues
-                    .get_mut(&name)
-                    .expect("a queue with consumers never expires");
+                // A queue with consumers never expires, but one past the device cap is
+                // deleted.
+                let Some(queue) = state.queues.get_mut(&name) else {
+                    return Ok(Vec::new());
+                };
                 look(queue, Instant::now())
             };
             if !batch.is_empty() {
@@ -270,7 +290,9 @@ impl Drop for ConsumerGuard<'_> {
     fn drop(&mut self) {
         let mut state = self.broker.state();
         if let Some(queue) = state.queues.get_mut(&self.queue) {
-            queue.consumers -= 1;
+            // Saturating: the queue may be a new one of the same name (the old one was
+            // deleted past the device cap while this poll waited on it).
+            queue.consumers = queue.consumers.saturating_sub(1);
             queue.last_used = Instant::now();
         }
     }

@@ -10,9 +10,11 @@
 //! them apart except by speed.
 
 pub mod check;
+mod devices;
 mod memory;
 mod rabbit;
 
+pub use devices::DEFAULT_MAX_DEVICES_PER_USER;
 pub use memory::MemoryBroker;
 pub use rabbit::{RabbitBroker, Tail, field_table};
 

@@ -45,7 +45,7 @@ use self::{
     linger::Subscriptions,
     session::{Borrow, Connector, Lane, OwnLane, poison},
 };
-use super::{Broker, BrokerError, Publication, Receipt};
+use super::{Broker, BrokerError, Publication, Receipt, devices::Devices};
 use crate::{
     config::Config,
     event::{Event, epoch_seconds},
@@ -84,6 +84,8 @@ pub struct RabbitBroker {
     /// Bounds the operations in flight on the connection (held polls are not counted
     /// once set up).
     turns: Semaphore,
+    /// The cap on each user's device queues.
+    devices: Devices,
     /// Consumers kept between polls ([`linger`]); `None` (the default, and on Lambda):
     /// one consumer per poll.
     subscriptions: Option<Arc<Subscriptions>>,
@@ -110,6 +112,7 @@ impl RabbitBroker {
             presence_ttl: config.presence_ttl,
             declared: SyncMutex::default(),
             turns: Semaphore::new(MAX_OPERATIONS_IN_FLIGHT),
+            devices: Devices::new(config.max_devices_per_user),
             subscriptions: None,
             presence_declared: None,
         }
@@ -474,6 +477,37 @@ impl RabbitBroker {
             .remove(queue);
     }
 
+    /// Counts the subscriber's device in and, past the user's device cap, deletes the
+    /// queue of their least recently polled device (and its binding record); a poll
+    /// held on it ends with nothing, since the broker cancels its consumer.
+    async fn make_room(&self, subscriber: &Subscriber) -> Result<(), BrokerError> {
+        let Some(evicted) = self.devices.admit(subscriber) else {
+            return Ok(());
+        };
+        let queue = evicted.queue_name();
+        self.forget_declared(&queue);
+        let deadline = Instant::now() + self.connector.op_timeout;
+        self.run_on("device queue delete", deadline, |lane: OwnLane| {
+            let queue = queue.clone();
+            async move {
+                let record = binding_record_queue_name(&queue);
+                let nowait = QueueDeleteOptions {
+                    nowait: true,
+                    ..Default::default()
+                };
+                lane.channel
+                    .queue_delete(record.as_str().into(), nowait)
+                    .await?;
+                lane.channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
+                lane.finished();
+                Ok(())
+            }
+        })
+        .await
+    }
+
     /// Starts a consumer on `queue`, already declared.
     async fn start_consumer(
         &self,
@@ -821,6 +855,7 @@ impl Broker for RabbitBroker {
         subscriber: &Subscriber,
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
+        self.make_room(subscriber).await?;
         if let Some(subscriptions) = &self.subscriptions {
             return self
                 .wait_lingering(subscriptions, subscriber, deadline)
@@ -844,6 +879,7 @@ impl Broker for RabbitBroker {
         acked: &str,
         deadline: Instant,
     ) -> Result<Vec<Event>, BrokerError> {
+        self.make_room(subscriber).await?;
         if let Some(subscriptions) = &self.subscriptions {
             return self
                 .wait_lingering_with_cursor(subscriptions, subscriber, acked, deadline)
