@@ -277,8 +277,8 @@ async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
         broker.is_online(&[alice, bob], None).await.unwrap(),
         [false, false]
     );
-    broker.mark_online(alice, None).await.unwrap();
-    broker.mark_online(bob, None).await.unwrap();
+    broker.mark_online(alice, None, in_a_while()).await.unwrap();
+    broker.mark_online(bob, None, in_a_while()).await.unwrap();
     assert_eq!(
         broker.is_online(&[alice, bob], None).await.unwrap(),
         [true, true]
@@ -306,9 +306,15 @@ async fn presence_lookups_scoped_to_a_college_see_its_members_only(make: MakeBro
     let broker = make(&config(&unique_name("conformance")));
     let (college, other) = (unique_college(), unique_college());
     let (member, outsider, loner) = (unique_user(), unique_user(), unique_user());
-    broker.mark_online(member, Some(college)).await.unwrap();
-    broker.mark_online(outsider, Some(other)).await.unwrap();
-    broker.mark_online(loner, None).await.unwrap();
+    broker
+        .mark_online(member, Some(college), in_a_while())
+        .await
+        .unwrap();
+    broker
+        .mark_online(outsider, Some(other), in_a_while())
+        .await
+        .unwrap();
+    broker.mark_online(loner, None, in_a_while()).await.unwrap();
     let everyone = [member, outsider, loner];
     assert_eq!(
         broker.is_online(&everyone, Some(college)).await.unwrap(),
@@ -480,7 +486,10 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     let broker = rabbit(&config);
     let user = subscriber(unique_user(), Some(unique_college()));
     declare(&*broker, &user).await;
-    broker.mark_online(user.user_id, None).await.unwrap();
+    broker
+        .mark_online(user.user_id, None, in_a_while())
+        .await
+        .unwrap();
 
     let (arguments, durable, auto_delete) =
         queue_on_broker(&user.queue_name()).expect("the user queue exists");

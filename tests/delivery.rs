@@ -45,7 +45,7 @@ async fn cursor_poll(
 /// Creates the device's queue with an empty cursor-mode poll.
 async fn declare_cursor(broker: &dyn Broker, who: &Subscriber) {
     broker
-        .mark_online(who.user_id, None)
+        .mark_online(who.user_id, None, in_a_while())
         .await
         .expect("mark online");
     assert!(cursor_poll(broker, who, "", SHORT_HOLD).await.is_empty());

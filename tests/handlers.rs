@@ -293,7 +293,10 @@ async fn disconnect_marks_the_user_offline(make: MakeBroker) {
     let app = test_app(make);
     let user = unique_user();
     let bearer = format!("Bearer {}", token(user, None));
-    app.broker.mark_online(user, None).await.unwrap();
+    app.broker
+        .mark_online(user, None, in_a_while())
+        .await
+        .unwrap();
     let response = poll_disconnect::handle(
         &app,
         Fixture::new("poll-disconnect")

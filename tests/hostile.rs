@@ -25,7 +25,10 @@ async fn offline_lookups_never_use_up_the_connection() {
     let node = PrivateNode::start(None);
     let broker = rabbit(&node_config(&node));
     let online = unique_user();
-    broker.mark_online(online, None).await.unwrap();
+    broker
+        .mark_online(online, None, in_a_while())
+        .await
+        .unwrap();
     let offline: Vec<_> = (0..100).map(|_| unique_user()).collect();
 
     let mut times = Vec::new();

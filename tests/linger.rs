@@ -78,7 +78,10 @@ async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
         Arc::new(RabbitBroker::new(&config).with_lingering_consumers(LINGER));
     let user = subscriber(unique_user(), None);
     let hold = || Instant::now() + Duration::from_secs(5);
-    lingering.mark_online(user.user_id, None).await.unwrap();
+    lingering
+        .mark_online(user.user_id, None, in_a_while())
+        .await
+        .unwrap();
     let first = lingering
         .wait_with_cursor(&user, "", Instant::now() + Duration::from_millis(300))
         .await

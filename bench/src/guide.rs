@@ -160,8 +160,9 @@ impl Broker for GuideBaseline {
         &self,
         user: UserId,
         college: Option<CollegeId>,
+        deadline: Instant,
     ) -> Result<(), BrokerError> {
-        self.inner.mark_online(user, college).await
+        self.inner.mark_online(user, college, deadline).await
     }
 
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {

@@ -57,6 +57,11 @@ pub fn memory(config: &Config) -> Arc<dyn Broker> {
     )
 }
 
+/// A deadline for operations that should not wait long.
+pub fn in_a_while() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
 /// A user id no other test (or earlier run) is likely to use.
 pub fn unique_user() -> UserId {
     UserId(random_id())
@@ -144,7 +149,7 @@ pub async fn publish_all(
 /// the hold still bounds the queue's creation, so it leaves room for a busy broker.
 pub async fn declare(broker: &dyn Broker, subscriber: &Subscriber) {
     broker
-        .mark_online(subscriber.user_id, subscriber.college_id)
+        .mark_online(subscriber.user_id, subscriber.college_id, in_a_while())
         .await
         .expect("mark online");
     let events = broker

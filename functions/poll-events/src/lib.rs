@@ -48,7 +48,7 @@ async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> 
     let started = Instant::now();
     // Presence first: if the broker is down we answer 503 before taking any event.
     app.broker
-        .mark_online(identity.user_id, identity.college_id)
+        .mark_online(identity.user_id, identity.college_id, deadline)
         .await?;
     let subscriber = identity.subscriber(device);
     let events = match &cursor {

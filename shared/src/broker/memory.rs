@@ -371,6 +371,7 @@ impl Broker for MemoryBroker {
         &self,
         user: UserId,
         college: Option<CollegeId>,
+        _deadline: Instant,
     ) -> Result<(), BrokerError> {
         let now = Instant::now();
         let lapses = now + self.presence_ttl;

@@ -98,11 +98,13 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<Vec<Event>, BrokerError>;
 
     /// Marks the user, a member of `college` if their token names one, online for the
-    /// presence TTL from now.
+    /// presence TTL from now. Under load it waits its turn for the broker until
+    /// `deadline` (a poll's: the end of its hold).
     async fn mark_online(
         &self,
         user: UserId,
         college: Option<CollegeId>,
+        deadline: Instant,
     ) -> Result<(), BrokerError>;
 
     /// Marks the user offline at once.

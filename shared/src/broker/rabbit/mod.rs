@@ -927,13 +927,16 @@ impl Broker for RabbitBroker {
         &self,
         user: UserId,
         college: Option<CollegeId>,
+        deadline: Instant,
     ) -> Result<(), BrokerError> {
         if self.presence_fresh(user, college) {
             return Ok(());
         }
         let queue = presence_queue_name(user);
         let presence_exchange = self.connector.presence_exchange();
-        let deadline = Instant::now() + self.connector.op_timeout;
+        // A poll's presence waits its turn within the poll's hold (a herd of new users
+        // queues here instead of failing), and gets a round trip's time at least.
+        let deadline = deadline.max(Instant::now() + self.connector.op_timeout);
         // On a channel of its own: a refused declare (a queue limit) closes it, and must
         // not end the polls held on a shared lane.
         self.run_on("presence", deadline, |lane: OwnLane| {
