@@ -5,6 +5,8 @@
 //! - [`load`]: the load the HTTP benchmarks share: users holding polls while events
 //!   are published to random users, each event followed to the poll that returns it.
 //! - [`held`]: that load against a running server, reporting capacity.
+//! - [`herd`]: a reconnect herd (N new users at once) and offline presence lookups
+//!   against a running server.
 //! - [`soak`]: that load in cursor mode with the broker connections killed periodically.
 //! - [`probes`]: queued-event answers, idle holds, publish throughput.
 //! - [`cold_start`]: the function binaries under a loopback Lambda Runtime API.
@@ -15,6 +17,7 @@
 pub mod cold_start;
 pub mod guide;
 pub mod held;
+pub mod herd;
 pub mod latency;
 pub mod load;
 pub mod probes;

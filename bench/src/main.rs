@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use longpoll::Config;
-use longpoll_bench::{guide::GuideBaseline, held, latency, soak, suite};
+use longpoll_bench::{guide::GuideBaseline, held, herd, latency, soak, suite};
 use longpoll_local::{BrokerKind, Functions, cors, serve};
 
 #[derive(Parser)]
@@ -28,6 +28,21 @@ enum Command {
     },
     /// Many concurrent held polls against a running local server.
     Held(held::Options),
+    /// Reconnect herds (new users polling at once) and offline presence lookups against
+    /// a running local server on the broker node `--node`.
+    Herd {
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        url: String,
+        /// The broker node (`rabbitmqctl -n`): a private one.
+        #[arg(long)]
+        node: String,
+        /// Herd sizes, one herd each.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        users: Vec<usize>,
+        /// Presence lookups of 100 offline users after the herds.
+        #[arg(long, default_value_t = 1000)]
+        lookups: usize,
+    },
     /// Pollers in cursor mode while the broker's connections are killed periodically;
     /// exits 1 if an event was lost or duplicated, or a 5xx other than 503 came back.
     Soak {
@@ -62,6 +77,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Suite(options) => suite::run(options).await,
         Command::Latency { runs, samples } => latency::run(runs, samples).await,
         Command::Held(options) => held::run(options).await,
+        Command::Herd {
+            url,
+            node,
+            users,
+            lookups,
+        } => herd::run(&url, &node, &users, lookups).await,
         Command::Soak {
             url,
             pollers,

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on open connections (`MAX_CONNECTIONS`), lowered to fit the process's
 /// file-descriptor limit.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// File descriptors kept back from the connection cap for the broker connection, the
 /// listener, logs and shed connections.
 const RESERVED_DESCRIPTORS: usize = 256;

@@ -70,10 +70,9 @@ const LEAST_SET_UP_BUDGET: Duration = Duration::from_millis(1500);
 /// user's next polls skip the declare and binds (one round trip instead of several).
 /// Far below the queue's 30-minute `x-expires`, which only runs while it is unused.
 const DECLARED_FRESH_FOR: Duration = Duration::from_secs(60);
-/// Most broker operations (poll set-ups, presence, publishes) in flight at once per
-/// process. Enough to keep the broker busy; more only lengthens every answer until
-/// they all time out together.
-const MAX_OPERATIONS_IN_FLIGHT: usize = 128;
+/// Most broker operations of one stage in flight at once per process. Enough to keep
+/// the broker busy; more only lengthens every answer until they all time out together.
+const MAX_OPERATIONS_IN_FLIGHT: usize = 64;
 
 /// RabbitMQ behind the [`Broker`] trait.
 pub struct RabbitBroker {
@@ -82,8 +81,12 @@ pub struct RabbitBroker {
     /// Queue → (routing keys bound, when): the queues declared recently by this process.
     declared: SyncMutex<HashMap<String, (Vec<String>, Instant)>>,
     /// Bounds the operations in flight on the connection (held polls are not counted
-    /// once set up).
-    turns: Semaphore,
+    /// once set up), one queue of turns per stage of a poll's set-up and one for the
+    /// rest (publishes, lookups). Each queue is first come, first served, so under a
+    /// herd a poll through presence goes on to its declare at once instead of waiting
+    /// behind every other newcomer's presence: set-ups finish in the order they came, at
+    /// the rate the broker sustains, and a publish never waits behind a herd.
+    turns: Turns,
     /// The cap on each user's device queues.
     devices: Devices,
     /// Consumers kept between polls ([`linger`]); `None` (the default, and on Lambda):
@@ -111,7 +114,7 @@ impl RabbitBroker {
             ),
             presence_ttl: config.presence_ttl,
             declared: SyncMutex::default(),
-            turns: Semaphore::new(MAX_OPERATIONS_IN_FLIGHT),
+            turns: Turns::default(),
             devices: Devices::new(config.max_devices_per_user),
             subscriptions: None,
             presence_declared: None,
@@ -408,7 +411,7 @@ impl RabbitBroker {
             let session = self.connector.session(deadline).await?;
             // Wait for a turn before talking to the broker: a burst of polls queues here
             // instead of flooding it, where every answer would slow down together.
-            let _turn = timeout_at(deadline, self.turns.acquire())
+            let _turn = timeout_at(deadline, self.turns.of(name).acquire())
                 .await
                 .map_err(|_| BrokerError::Timeout(name))?
                 .expect("the semaphore is never closed");
@@ -609,13 +612,17 @@ impl RabbitBroker {
                     }
                     // The new record first, then the old one goes: a crash in between
                     // leaves two, and the record queue's length limit drops the older.
+                    // Transient: confirmed without a disk write, which a herd of new
+                    // users would wait on; a broker restart forgets it, and the next
+                    // college change after one leaves the old binding to the queue's
+                    // expiry.
                     channel
                         .basic_publish(
                             DEFAULT_EXCHANGE.into(),
                             record.as_str().into(),
                             BasicPublishOptions::default(),
                             current.as_bytes(),
-                            BasicProperties::default().with_delivery_mode(2),
+                            BasicProperties::default(),
                         )
                         .await?
                         .await?;
@@ -1039,6 +1046,38 @@ impl Broker for RabbitBroker {
             .collect();
         self.publish_mandatory("presence lookup", exchange, &probes)
             .await
+    }
+}
+
+/// The queues of turns of [`RabbitBroker::turns`].
+struct Turns {
+    presence: Semaphore,
+    declare: Semaphore,
+    consume: Semaphore,
+    other: Semaphore,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        let turns = || Semaphore::new(MAX_OPERATIONS_IN_FLIGHT);
+        Self {
+            presence: turns(),
+            declare: turns(),
+            consume: turns(),
+            other: turns(),
+        }
+    }
+}
+
+impl Turns {
+    /// The queue an operation named `name` waits in.
+    fn of(&self, name: &str) -> &Semaphore {
+        match name {
+            "presence" => &self.presence,
+            "queue declare" => &self.declare,
+            "poll set-up" => &self.consume,
+            _ => &self.other,
+        }
     }
 }
 
