@@ -119,24 +119,8 @@ fn origins_can_be_restricted() {
     });
 }
 
-/// With a real secret and publish key, the banner prints neither, nor any token signed
-/// with the secret: banners end up in logs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_banner_never_prints_real_secrets() {
-    let secret = "a-real-deployment-secret-of-40-bytes-xyz";
-    let key = "a-real-publish-key";
-    let mut server = Command::new(env!("CARGO_BIN_EXE_longpoll-local"))
-        .args(["--addr", "127.0.0.1:0"])
-        .env(
-            "AMQP_URL",
-            std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll_tests::amqp_url()),
-        )
-        .env("JWT_SECRET", secret)
-        .env("PUBLISH_API_KEY", key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+/// The banner the binary prints at start, up to its last line.
+fn read_banner(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> String {
     let mut banner = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -146,9 +130,27 @@ async fn the_banner_never_prints_real_secrets() {
             break;
         }
     }
+    banner.join("\n")
+}
+
+/// With a real secret and publish key, the banner prints neither, nor any token signed
+/// with the secret: banners end up in logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_banner_never_prints_real_secrets() {
+    let secret = "a-real-deployment-secret-of-40-bytes-xyz";
+    let key = "a-real-publish-key";
+    let mut server = Command::new(env!("CARGO_BIN_EXE_longpoll-local"))
+        .args(["--addr", "127.0.0.1:0"])
+        .env("AMQP_URL", longpoll_tests::amqp_url())
+        .env("JWT_SECRET", secret)
+        .env("PUBLISH_API_KEY", key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let banner = read_banner(&mut lines);
     server.kill().unwrap();
     server.wait().unwrap();
-    let banner = banner.join("\n");
     assert!(banner.contains("broker: RabbitMQ"), "{banner}");
     assert!(
         !banner.contains(secret) && !banner.contains(key),
@@ -171,16 +173,7 @@ async fn the_binary_prints_what_to_do_and_shuts_down_cleanly() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.contains("the first one answers at once");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    let banner = banner.join("\n");
+    let banner = read_banner(&mut lines);
     assert!(banner.contains("broker: in memory"), "{banner}");
     let base = banner
         .lines()

@@ -27,8 +27,13 @@ pub fn init() {
     let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .ok()
         .map(|level| EnvFilter::new(format!("{},lapin=off", level.to_lowercase())))
-        .unwrap_or_else(|| {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+        .unwrap_or_else(|| match std::env::var("RUST_LOG") {
+            // lapin stays off unless named: see DEFAULT_FILTER.
+            Ok(directives) if !directives.contains("lapin") => {
+                EnvFilter::new(format!("{directives},lapin=off"))
+            }
+            Ok(directives) => EnvFilter::new(directives),
+            Err(_) => EnvFilter::new(DEFAULT_FILTER),
         });
     // Colour codes only for a terminal: a log file or CloudWatch gets plain text.
     let builder = tracing_subscriber::fmt()

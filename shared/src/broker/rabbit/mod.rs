@@ -415,7 +415,18 @@ impl RabbitBroker {
                 .await
                 .map_err(|_| BrokerError::Timeout(name))?
                 .expect("the semaphore is never closed");
-            let step_deadline = deadline.min(Instant::now() + self.connector.op_timeout);
+            // One round trip's time, when this is the only operation on the connection:
+            // no answer then means a dead socket (a frozen Lambda thawed), worth a retry
+            // on a fresh connection. Under load a slow answer says nothing about the
+            // connection (heartbeats watch it), so the operation may take until its
+            // deadline: a herd's set-ups wait for the broker within their polls' hold
+            // instead of failing at the first slow step.
+            let alone = session.load() == 0;
+            let step_deadline = if alone {
+                deadline.min(Instant::now() + self.connector.op_timeout)
+            } else {
+                deadline
+            };
             let error = match timeout_at(step_deadline, L::borrow(&session)).await {
                 Err(_) => BrokerError::Timeout(name),
                 Ok(Err(error)) => failed(name, error),
@@ -427,10 +438,8 @@ impl RabbitBroker {
                             // Abandoned midway. A late reply is harmless (a consume
                             // gives its consumer back by itself, see start_consumer);
                             // closing the lane would end every poll held on it.
-                            // Nothing else in flight yet no answer: the socket is likely
-                            // half-open (a frozen Lambda thawed). Under load a slow answer
-                            // says nothing about the connection, which heartbeats watch.
-                            if step_deadline < deadline && session.load() == 0 {
+                            // Alone yet no answer: the socket is likely half-open.
+                            if alone && step_deadline < deadline && session.load() == 0 {
                                 self.connector.discard(&session).await;
                             }
                             BrokerError::Timeout(name)
@@ -649,6 +658,9 @@ impl RabbitBroker {
         let deadline = deadline.max(Instant::now() + LEAST_SET_UP_BUDGET);
         if !self.recently_declared(queue, keys) {
             self.declare_subscriber_queue(queue, keys, deadline).await?;
+            // Remembered at once: a poll whose consume then misses its hold (a herd)
+            // retries without declaring again.
+            self.remember_declared(queue, keys);
         }
         let consumer = self
             .run("poll set-up", deadline, |lane| async move {
@@ -656,9 +668,9 @@ impl RabbitBroker {
                 Ok((lane, consumer))
             })
             .await;
-        match &consumer {
-            Ok(_) => self.remember_declared(queue, keys),
-            Err(_) => self.forget_declared(queue),
+        // A consume refused or failed may mean the queue is gone: declare it next time.
+        if let Err(BrokerError::Refused { .. } | BrokerError::Failed { .. }) = &consumer {
+            self.forget_declared(queue);
         }
         consumer
     }
