@@ -22,7 +22,7 @@ use lapin::{
     types::FieldTable,
 };
 use tokio::{
-    sync::Mutex,
+    sync::{Mutex, OwnedSemaphorePermit, Semaphore},
     time::{Duration, Instant, timeout_at},
 };
 use tracing::info;
@@ -33,6 +33,10 @@ use crate::{broker::BrokerError, topology::MAX_BATCH};
 const LOAD_PER_CHANNEL: usize = 256;
 /// Most shared lanes per connection (RabbitMQ's default `channel_max` is 2047).
 const MAX_CHANNELS: usize = 64;
+/// Most channels of their own (see [`OwnLane`]) per connection, open, idle or still
+/// closing: with the shared lanes and the refusals below, well inside RabbitMQ's 2,047.
+/// An operation that finds them all taken waits for one within its deadline.
+const MAX_OWN_CHANNELS: usize = 512;
 /// Channels the broker may close over refused requests before the connection is
 /// replaced. lapin never frees the id of a channel the broker closed, so each refusal
 /// uses up one of the connection's 2,047; well before they run out, new operations move
@@ -57,8 +61,12 @@ pub(super) struct Connector {
 pub(super) struct Session {
     pub connection: Arc<Connection>,
     lanes: Arc<Mutex<Vec<Slot>>>,
-    /// Publish channels not in use; each [`OwnLane`] comes from here or is new.
-    idle_own: Arc<SyncMutex<Vec<Channel>>>,
+    /// Own channels not in use, each with its place among [`MAX_OWN_CHANNELS`]; each
+    /// [`OwnLane`] comes from here or is new.
+    idle_own: Arc<SyncMutex<Vec<(Channel, OwnedSemaphorePermit)>>>,
+    /// Places for own channels: one is held by each own channel from its opening until
+    /// its close completes, so channels closing under load cannot pile up.
+    own_places: Arc<Semaphore>,
     /// Own lanes borrowed now.
     own_in_use: Arc<AtomicUsize>,
     /// Channels the broker closed over a refused request (see [`REFUSALS_PER_CONNECTION`]).
@@ -107,7 +115,8 @@ impl Borrow for OwnLane {
 pub(super) struct OwnLane {
     pub channel: Channel,
     finished: bool,
-    idle: Arc<SyncMutex<Vec<Channel>>>,
+    place: Option<OwnedSemaphorePermit>,
+    idle: Arc<SyncMutex<Vec<(Channel, OwnedSemaphorePermit)>>>,
     in_use: Arc<AtomicUsize>,
 }
 
@@ -121,13 +130,17 @@ impl OwnLane {
 impl Drop for OwnLane {
     fn drop(&mut self) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
+        let place = self
+            .place
+            .take()
+            .expect("an own lane holds its place until dropped");
         if self.finished && self.channel.status().connected() {
             self.idle
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(self.channel.clone());
+                .push((self.channel.clone(), place));
         } else {
-            poison(self.channel.clone());
+            close_then_release(self.channel.clone(), place);
         }
     }
 }
@@ -136,6 +149,21 @@ impl Drop for OwnLane {
 /// midway (a timeout): whatever the broker delivered there and nobody acked is
 /// requeued, and a consumer registered after we stopped waiting cannot hold messages
 /// hostage.
+/// Closes `channel` in the background like [`poison`], keeping `place` taken until the
+/// close is done.
+fn close_then_release(channel: Channel, place: OwnedSemaphorePermit) {
+    tokio::spawn(async move {
+        if channel.status().connected() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                channel.close(406, "abandoned operation".into()),
+            )
+            .await;
+        }
+        drop(place);
+    });
+}
+
 pub(super) fn poison(channel: Channel) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(
@@ -188,6 +216,7 @@ impl Connector {
             connection: Arc::new(connection),
             lanes: Arc::default(),
             idle_own: Arc::default(),
+            own_places: Arc::new(Semaphore::new(MAX_OWN_CHANNELS)),
             own_in_use: Arc::default(),
             refusals: Arc::default(),
         };
@@ -275,17 +304,28 @@ impl Session {
                 .idle_own
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            idle.retain(|channel| channel.status().connected());
+            // A channel closed while idle gives its place back as it goes.
+            idle.retain(|(channel, _)| channel.status().connected());
             idle.pop()
         };
-        let channel = match idle {
-            Some(channel) => channel,
-            None => self.open_slot(None).await?.channel,
+        let (channel, place) = match idle {
+            Some(idle) => idle,
+            None => {
+                // The caller bounds this wait with its deadline.
+                let place = self
+                    .own_places
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                (self.open_slot(None).await?.channel, place)
+            }
         };
         self.own_in_use.fetch_add(1, Ordering::Relaxed);
         Ok(OwnLane {
             channel,
             finished: false,
+            place: Some(place),
             idle: self.idle_own.clone(),
             in_use: self.own_in_use.clone(),
         })
