@@ -153,9 +153,11 @@ impl Drop for OwnLane {
 /// close is done.
 fn close_then_release(channel: Channel, place: OwnedSemaphorePermit) {
     tokio::spawn(async move {
+        // The place is free once the broker has confirmed the close (an overloaded
+        // broker may take seconds): until then the channel still counts.
         if channel.status().connected() {
             let _ = tokio::time::timeout(
-                Duration::from_secs(5),
+                Duration::from_secs(60),
                 channel.close(406, "abandoned operation".into()),
             )
             .await;
