@@ -1,4 +1,4 @@
-//! Settings from the environment. Names and defaults follow `shared/spec/contract.md`.
+//! Settings from the environment. Names and defaults follow the contract (README, "Configuration").
 
 use std::{env, fmt, time::Duration};
 
