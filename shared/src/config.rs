@@ -78,10 +78,24 @@ impl Config {
 
     /// The configuration of a deployed function: the environment, with `AMQP_URL` and
     /// `JWT_SECRET` taken from AWS Secrets Manager when `AMQP_SECRET_ARN` /
-    /// `JWT_SECRET_ARN` are set (see [`crate::secrets`]). Call once per cold start.
+    /// `JWT_SECRET_ARN` are set (with the `secrets-manager` feature; without it, either
+    /// set is an error that says so). Call once per cold start.
     pub async fn load(function: &str) -> Result<Self, ConfigError> {
         let environment = |name: &str| env::var(name).ok();
+        #[cfg(feature = "secrets-manager")]
         let from_secrets = crate::secrets::fetch(&environment).await?;
+        #[cfg(not(feature = "secrets-manager"))]
+        let from_secrets = {
+            for var in ["AMQP_SECRET_ARN", "JWT_SECRET_ARN"] {
+                if environment(var).is_some_and(|arn| !arn.trim().is_empty()) {
+                    return Err(ConfigError::Invalid {
+                        var,
+                        reason: "this build has no Secrets Manager support (cargo feature `secrets-manager`)".to_owned(),
+                    });
+                }
+            }
+            std::collections::HashMap::<&str, String>::new()
+        };
         Self::from_lookup(function, |name| {
             from_secrets
                 .get(name)

@@ -9,8 +9,9 @@
 //!
 //! - [`config`]: settings from the environment, with defaults from the contract; a missing
 //!   required setting is an error that names the variable.
-//! - [`secrets`]: `AMQP_URL` and `JWT_SECRET` from AWS Secrets Manager when their ARNs
-//!   are set (read once per cold start through `aws-config`).
+//! - `secrets` (feature `secrets-manager`, on in the Lambda functions): `AMQP_URL` and
+//!   `JWT_SECRET` from AWS Secrets Manager when their ARNs are set (read once per cold
+//!   start through `aws-config`).
 //! - [`event`]: the four event types with typed `data` ([`event::EventBody`]), the wire
 //!   body producers publish, and the envelope (`id`, `timestamp`) a poll returns.
 //! - [`token`]: finding the user token in a request (query, `Token`, `Bearer`) and
@@ -41,6 +42,7 @@ pub mod held;
 pub mod http;
 pub mod publish;
 pub mod routes;
+#[cfg(feature = "secrets-manager")]
 pub mod secrets;
 pub mod telemetry;
 pub mod token;
