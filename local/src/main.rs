@@ -37,7 +37,7 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     longpoll::telemetry::init();
     let args = Args::parse();
-    let config = Config::from_env("longpoll-local")?;
+    let config = Config::load("longpoll-local").await?;
     let kind = if std::env::var("AMQP_URL").is_ok_and(|url| !url.is_empty()) {
         BrokerKind::RabbitMq
     } else {
