@@ -29,8 +29,8 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions,
-        BasicPublishOptions, BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     protocol::AMQPErrorKind,
     types::{AMQPValue, FieldTable},
@@ -739,13 +739,29 @@ impl RabbitBroker {
         // One settlement each: delivery tags are per channel and lanes are shared, so a
         // `multiple` ack could take other polls' deliveries with it.
         let settle = async {
+            let mut requeued = false;
             for (index, delivery) in taken.deliveries.iter().enumerate() {
                 if remove(index) {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                 } else {
                     let requeue = BasicRejectOptions { requeue: true };
                     delivery.acker.reject(requeue).await?;
+                    requeued = true;
                 }
+            }
+            // Rejects have no reply. Answering before the broker has taken them back
+            // would let the client's next poll, served on another connection (another
+            // instance), see newer events ahead of them. A `basic.qos` that changes
+            // nothing (the lanes' per-consumer prefetch) is answered on this channel
+            // only after the rejects before it: one round trip, for cursor polls that
+            // return events.
+            if requeued {
+                let unchanged = BasicQosOptions { global: false };
+                taken
+                    .lane
+                    .channel
+                    .basic_qos(MAX_BATCH as u16, unchanged)
+                    .await?;
             }
             Ok(())
         };
