@@ -25,7 +25,7 @@ async fn returns_waiting_events_at_once(make: MakeBroker) {
 
     let started = Instant::now();
     let events = broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert!(
@@ -57,7 +57,11 @@ async fn wakes_when_an_event_arrives(make: MakeBroker) {
     declare(&*broker, &user).await;
     let waiter = {
         let (broker, user) = (broker.clone(), user.clone());
-        tokio::spawn(async move { broker.wait_for_events(&user, Instant::now() + HOLD).await })
+        tokio::spawn(async move {
+            broker
+                .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let published = Instant::now();
@@ -77,7 +81,10 @@ async fn answers_empty_when_the_hold_runs_out(make: MakeBroker) {
     let user = subscriber(unique_user(), None);
     let started = Instant::now();
     let events = broker
-        .wait_for_events(&user, Instant::now() + Duration::from_millis(1200))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_millis(1200)),
+        )
         .await
         .unwrap();
     let held = started.elapsed();
@@ -98,7 +105,7 @@ async fn caps_batches_and_drops_the_oldest(make: MakeBroker) {
     publish_all(&*broker, Audience::User(user.user_id), &bodies).await;
 
     let events = broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     let ids: Vec<i64> = events.iter().map(message_data_id).collect();
@@ -108,7 +115,10 @@ async fn caps_batches_and_drops_the_oldest(make: MakeBroker) {
         "100 events, oldest dropped, in order"
     );
     let after = broker
-        .wait_for_events(&user, Instant::now() + Duration::from_millis(200))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_millis(200)),
+        )
         .await
         .unwrap();
     assert!(after.is_empty(), "the batch was removed from the queue");
@@ -122,14 +132,14 @@ async fn returns_at_most_a_batch_per_poll(make: MakeBroker) {
     let first: Vec<_> = (1..=60).map(message).collect();
     publish_all(&*broker, Audience::User(user.user_id), &first).await;
     let events = broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(events.len(), 60);
     let second: Vec<_> = (61..=160).map(message).collect();
     publish_all(&*broker, Audience::User(user.user_id), &second).await;
     let events = broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(events.len(), 100);
@@ -146,7 +156,10 @@ async fn typing_events_expire_after_ten_seconds(make: MakeBroker) {
     publish(&*broker, Audience::User(user.user_id), &message(1)).await;
     tokio::time::sleep(Duration::from_millis(10_500)).await;
     let events = broker
-        .wait_for_events(&user, Instant::now() + Duration::from_millis(500))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_millis(500)),
+        )
         .await
         .unwrap();
     let types: Vec<&str> = events.iter().map(|event| event.event.as_str()).collect();
@@ -160,7 +173,7 @@ async fn fresh_typing_events_arrive(make: MakeBroker) {
     declare(&*broker, &user).await;
     publish(&*broker, Audience::User(user.user_id), &typing(5)).await;
     let events = broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
@@ -182,20 +195,26 @@ async fn college_events_reach_every_member_once(make: MakeBroker) {
     assert!(receipt.routed);
     for member in [&alice, &bob] {
         let events = broker
-            .wait_for_events(member, Instant::now() + HOLD)
+            .wait_for_events(member, &PollBudget::until(Instant::now() + HOLD))
             .await
             .unwrap();
         assert_eq!(events.len(), 1, "exactly once each");
         assert_eq!(events[0].id, receipt.id);
         assert_eq!(events[0].data["title"], "Exams");
         let again = broker
-            .wait_for_events(member, Instant::now() + Duration::from_millis(200))
+            .wait_for_events(
+                member,
+                &PollBudget::until(Instant::now() + Duration::from_millis(200)),
+            )
             .await
             .unwrap();
         assert!(again.is_empty(), "delivered once, not twice");
     }
     let events = broker
-        .wait_for_events(&outsider, Instant::now() + Duration::from_millis(300))
+        .wait_for_events(
+            &outsider,
+            &PollBudget::until(Instant::now() + Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     assert!(events.is_empty(), "another college's member gets nothing");
@@ -211,12 +230,15 @@ async fn user_events_reach_only_that_user(make: MakeBroker) {
     declare(&*broker, &bob).await;
     publish(&*broker, Audience::User(alice.user_id), &message(1)).await;
     let bobs = broker
-        .wait_for_events(&bob, Instant::now() + Duration::from_millis(300))
+        .wait_for_events(
+            &bob,
+            &PollBudget::until(Instant::now() + Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     assert!(bobs.is_empty(), "bob sees nothing of alice's");
     let alices = broker
-        .wait_for_events(&alice, Instant::now() + HOLD)
+        .wait_for_events(&alice, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(alices.iter().map(message_data_id).collect::<Vec<_>>(), [1]);
@@ -277,8 +299,14 @@ async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
         broker.is_online(&[alice, bob], None).await.unwrap(),
         [false, false]
     );
-    broker.mark_online(alice, None, in_a_while()).await.unwrap();
-    broker.mark_online(bob, None, in_a_while()).await.unwrap();
+    broker
+        .mark_online(alice, None, &PollBudget::until(in_a_while()))
+        .await
+        .unwrap();
+    broker
+        .mark_online(bob, None, &PollBudget::until(in_a_while()))
+        .await
+        .unwrap();
     assert_eq!(
         broker.is_online(&[alice, bob], None).await.unwrap(),
         [true, true]
@@ -307,14 +335,17 @@ async fn presence_lookups_scoped_to_a_college_see_its_members_only(make: MakeBro
     let (college, other) = (unique_college(), unique_college());
     let (member, outsider, loner) = (unique_user(), unique_user(), unique_user());
     broker
-        .mark_online(member, Some(college), in_a_while())
+        .mark_online(member, Some(college), &PollBudget::until(in_a_while()))
         .await
         .unwrap();
     broker
-        .mark_online(outsider, Some(other), in_a_while())
+        .mark_online(outsider, Some(other), &PollBudget::until(in_a_while()))
         .await
         .unwrap();
-    broker.mark_online(loner, None, in_a_while()).await.unwrap();
+    broker
+        .mark_online(loner, None, &PollBudget::until(in_a_while()))
+        .await
+        .unwrap();
     let everyone = [member, outsider, loner];
     assert_eq!(
         broker.is_online(&everyone, Some(college)).await.unwrap(),
@@ -355,7 +386,7 @@ async fn past_the_device_cap_the_least_recently_polled_device_goes(make: MakeBro
     assert!(receipt.routed);
     for name in ["b", "c", "d"] {
         let events = broker
-            .wait_for_events(&tab(name), Instant::now() + HOLD)
+            .wait_for_events(&tab(name), &PollBudget::until(Instant::now() + HOLD))
             .await
             .unwrap();
         assert_eq!(
@@ -365,7 +396,10 @@ async fn past_the_device_cap_the_least_recently_polled_device_goes(make: MakeBro
         );
     }
     let evicted = broker
-        .wait_for_events(&tab("a"), Instant::now() + Duration::from_millis(300))
+        .wait_for_events(
+            &tab("a"),
+            &PollBudget::until(Instant::now() + Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     assert!(
@@ -385,7 +419,10 @@ async fn concurrent_polls_of_one_user_share_the_queue(make: MakeBroker) {
             let (broker, user) = (broker.clone(), user.clone());
             tokio::spawn(async move {
                 broker
-                    .wait_for_events(&user, Instant::now() + Duration::from_secs(2))
+                    .wait_for_events(
+                        &user,
+                        &PollBudget::until(Instant::now() + Duration::from_secs(2)),
+                    )
                     .await
             })
         })
@@ -403,7 +440,10 @@ async fn concurrent_polls_of_one_user_share_the_queue(make: MakeBroker) {
     }
     seen.extend(
         broker
-            .wait_for_events(&user, Instant::now() + Duration::from_millis(300))
+            .wait_for_events(
+                &user,
+                &PollBudget::until(Instant::now() + Duration::from_millis(300)),
+            )
             .await
             .unwrap()
             .iter()
@@ -429,7 +469,10 @@ async fn a_poll_rebinds_a_user_who_changed_college(make: MakeBroker) {
     );
     publish(&*broker, Audience::College(new), &notice("new college")).await;
     let events = broker
-        .wait_for_events(&subscriber(user, Some(new)), Instant::now() + HOLD)
+        .wait_for_events(
+            &subscriber(user, Some(new)),
+            &PollBudget::until(Instant::now() + HOLD),
+        )
         .await
         .unwrap();
     let titles: Vec<_> = events
@@ -487,7 +530,7 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     let user = subscriber(unique_user(), Some(unique_college()));
     declare(&*broker, &user).await;
     broker
-        .mark_online(user.user_id, None, in_a_while())
+        .mark_online(user.user_id, None, &PollBudget::until(in_a_while()))
         .await
         .unwrap();
 
@@ -586,7 +629,7 @@ async fn rabbitmq_messages_without_an_id_get_a_stable_one() {
         .await
         .unwrap();
     let events = broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(events.len(), 1);

@@ -37,7 +37,7 @@ async fn cursor_poll(
     hold: Duration,
 ) -> Vec<Event> {
     broker
-        .wait_with_cursor(who, acked, Instant::now() + hold)
+        .wait_with_cursor(who, acked, &PollBudget::until(Instant::now() + hold))
         .await
         .expect("a cursor poll")
 }
@@ -45,7 +45,7 @@ async fn cursor_poll(
 /// Creates the device's queue with an empty cursor-mode poll.
 async fn declare_cursor(broker: &dyn Broker, who: &Subscriber) {
     broker
-        .mark_online(who.user_id, None, in_a_while())
+        .mark_online(who.user_id, None, &PollBudget::until(in_a_while()))
         .await
         .expect("mark online");
     assert!(cursor_poll(broker, who, "", SHORT_HOLD).await.is_empty());
@@ -73,7 +73,7 @@ async fn every_device_gets_every_event(make: MakeBroker) {
         let mut got = Vec::new();
         while got.len() < 21 {
             let events = broker
-                .wait_for_events(who, Instant::now() + HOLD)
+                .wait_for_events(who, &PollBudget::until(Instant::now() + HOLD))
                 .await
                 .unwrap();
             assert!(!events.is_empty(), "{:?} is missing events", who.device);
@@ -81,7 +81,7 @@ async fn every_device_gets_every_event(make: MakeBroker) {
         }
         assert_eq!(got, (1..=21).collect::<Vec<_>>(), "{:?}", who.device);
         let more = broker
-            .wait_for_events(who, Instant::now() + SHORT_HOLD)
+            .wait_for_events(who, &PollBudget::until(Instant::now() + SHORT_HOLD))
             .await
             .unwrap();
         assert!(more.is_empty(), "each event once");
@@ -250,7 +250,7 @@ async fn the_poll_handler_takes_device_and_ack(make: MakeBroker) {
     assert_eq!(acked, serde_json::json!([]));
     assert!(
         app.broker
-            .wait_for_events(&tab, Instant::now() + SHORT_HOLD)
+            .wait_for_events(&tab, &PollBudget::until(Instant::now() + SHORT_HOLD))
             .await
             .unwrap()
             .is_empty()
@@ -286,7 +286,7 @@ on_both_brokers!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_take_turns_serving_one_cursor() {
     const EVENTS: i64 = 150;
-    let instances: Vec<App> = (0..2)
+    let instances: Vec<TestApp> = (0..2)
         .map(|_| {
             let config = config(&unique_name("delivery-instance"));
             let broker = rabbit(&config);

@@ -34,7 +34,10 @@ async fn confirmed_events_survive_a_broker_restart() {
     while got.len() < 50 && Instant::now() < give_up {
         // The first poll may meet the dead connection (503) before the next reconnects.
         if let Ok(events) = broker
-            .wait_for_events(&user, Instant::now() + Duration::from_secs(2))
+            .wait_for_events(
+                &user,
+                &PollBudget::until(Instant::now() + Duration::from_secs(2)),
+            )
             .await
         {
             got.extend(events.iter().map(message_data_id));
@@ -42,7 +45,10 @@ async fn confirmed_events_survive_a_broker_restart() {
     }
     assert_eq!(got, (1..=50).collect::<Vec<_>>(), "all, in order, once");
     let more = broker
-        .wait_for_events(&user, Instant::now() + Duration::from_millis(500))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_millis(500)),
+        )
         .await
         .unwrap();
     assert!(more.is_empty(), "none twice");
@@ -107,7 +113,10 @@ async fn a_user_who_does_not_poll_keeps_the_newest_hundred() {
     assert_eq!(line.split('\t').nth(1), Some("100"), "{line}");
 
     let events = broker
-        .wait_for_events(&user, Instant::now() + Duration::from_secs(5))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     assert_eq!(

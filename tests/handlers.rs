@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 const HOLD: Duration = Duration::from_millis(1500);
 
-fn test_app(make: MakeBroker) -> App {
+fn test_app(make: MakeBroker) -> TestApp {
     let config = config(&unique_name("handlers"));
     let broker = make(&config);
     app(config, broker, HOLD)
@@ -128,7 +128,7 @@ async fn poll_reads_only_the_token_owners_queue(make: MakeBroker) {
     assert_eq!(json_of(&response)["events"], json!([]));
     let events = app
         .broker
-        .wait_for_events(&alice, Instant::now() + HOLD)
+        .wait_for_events(&alice, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(events.len(), 1, "alice's event is still hers");
@@ -184,7 +184,7 @@ async fn poll_refuses_bad_tokens(make: MakeBroker) {
     }
     let events = app
         .broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(events.len(), 1, "refused polls took nothing");
@@ -294,7 +294,7 @@ async fn disconnect_marks_the_user_offline(make: MakeBroker) {
     let user = unique_user();
     let bearer = format!("Bearer {}", token(user, None));
     app.broker
-        .mark_online(user, None, in_a_while())
+        .mark_online(user, None, &PollBudget::until(in_a_while()))
         .await
         .unwrap();
     let response = poll_disconnect::handle(

@@ -26,7 +26,7 @@ async fn offline_lookups_never_use_up_the_connection() {
     let broker = rabbit(&node_config(&node));
     let online = unique_user();
     broker
-        .mark_online(online, None, in_a_while())
+        .mark_online(online, None, &PollBudget::until(in_a_while()))
         .await
         .unwrap();
     let offline: Vec<_> = (0..100).map(|_| unique_user()).collect();
@@ -93,7 +93,10 @@ async fn a_refused_declare_fails_only_its_own_poll() {
             let (broker, user) = (broker.clone(), user.clone());
             tokio::spawn(async move {
                 broker
-                    .wait_for_events(&user, Instant::now() + Duration::from_secs(8))
+                    .wait_for_events(
+                        &user,
+                        &PollBudget::until(Instant::now() + Duration::from_secs(8)),
+                    )
                     .await
             })
         })
@@ -139,7 +142,10 @@ async fn a_device_spray_keeps_the_cap_and_slows_no_one() {
                     ..subscriber(sprayer, Some(college))
                 };
                 broker
-                    .wait_for_events(&tab, Instant::now() + Duration::from_millis(10))
+                    .wait_for_events(
+                        &tab,
+                        &PollBudget::until(Instant::now() + Duration::from_millis(10)),
+                    )
                     .await
                     .expect("a device poll");
             }
@@ -153,7 +159,10 @@ async fn a_device_spray_keeps_the_cap_and_slows_no_one() {
             let (broker, user) = (broker.clone(), bystander.clone());
             tokio::spawn(async move {
                 broker
-                    .wait_for_events(&user, Instant::now() + Duration::from_secs(5))
+                    .wait_for_events(
+                        &user,
+                        &PollBudget::until(Instant::now() + Duration::from_secs(5)),
+                    )
                     .await
             })
         };
@@ -204,7 +213,10 @@ async fn a_device_spray_on_the_memory_broker_keeps_the_cap() {
             device: DeviceId::parse(&format!("tab-{n}")),
             ..subscriber(sprayer, Some(college))
         };
-        broker.wait_for_events(&tab, Instant::now()).await.unwrap();
+        broker
+            .wait_for_events(&tab, &PollBudget::until(Instant::now()))
+            .await
+            .unwrap();
     }
     let started = Instant::now();
     let big = notice(&"x".repeat(100_000));
@@ -225,7 +237,7 @@ async fn a_device_spray_on_the_memory_broker_keeps_the_cap() {
             continue;
         }
         copies += broker
-            .wait_for_events(&tab, Instant::now())
+            .wait_for_events(&tab, &PollBudget::until(Instant::now()))
             .await
             .unwrap()
             .len();

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use longpoll::{Broker, RabbitBroker, topology::Audience};
+use longpoll::{Broker, RabbitBroker, broker::LingeringBroker, topology::Audience};
 use longpoll_tests::*;
 use tokio::time::Instant;
 
@@ -22,8 +22,10 @@ fn consumers_on(queue: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_outlives_the_poll() {
     let config = config(&unique_name("linger"));
-    let broker: Arc<dyn Broker> =
-        Arc::new(RabbitBroker::new(&config).with_lingering_consumers(Duration::from_secs(30)));
+    let broker: Arc<dyn Broker> = Arc::new(LingeringBroker::new(
+        RabbitBroker::new(&config),
+        Duration::from_secs(30),
+    ));
     let user = subscriber(unique_user(), None);
     declare(&*broker, &user).await;
     assert_eq!(consumers_on(&user.queue_name()), 1, "kept after the poll");
@@ -31,7 +33,10 @@ async fn the_consumer_outlives_the_poll() {
     publish(&*broker, Audience::User(user.user_id), &message(1)).await;
     let started = Instant::now();
     let events = broker
-        .wait_for_events(&user, Instant::now() + Duration::from_secs(5))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     assert_eq!(events.iter().map(message_data_id).collect::<Vec<_>>(), [1]);
@@ -46,7 +51,7 @@ async fn the_consumer_outlives_the_poll() {
 async fn a_lingered_out_consumer_gives_its_events_back() {
     let config = config(&unique_name("linger"));
     let lingering: Arc<dyn Broker> =
-        Arc::new(RabbitBroker::new(&config).with_lingering_consumers(LINGER));
+        Arc::new(LingeringBroker::new(RabbitBroker::new(&config), LINGER));
     let user = subscriber(unique_user(), None);
     declare(&*lingering, &user).await;
     let bodies: Vec<_> = (1..=3).map(message).collect();
@@ -57,7 +62,10 @@ async fn a_lingered_out_consumer_gives_its_events_back() {
     assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
     let other = rabbit(&longpoll_tests::config(&unique_name("linger-other")));
     let events = other
-        .wait_for_events(&user, Instant::now() + Duration::from_secs(5))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -75,22 +83,29 @@ async fn a_lingered_out_consumer_gives_its_events_back() {
 async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
     let config = config(&unique_name("linger"));
     let lingering: Arc<dyn Broker> =
-        Arc::new(RabbitBroker::new(&config).with_lingering_consumers(LINGER));
+        Arc::new(LingeringBroker::new(RabbitBroker::new(&config), LINGER));
     let user = subscriber(unique_user(), None);
     let hold = || Instant::now() + Duration::from_secs(5);
     lingering
-        .mark_online(user.user_id, None, in_a_while())
+        .mark_online(user.user_id, None, &PollBudget::until(in_a_while()))
         .await
         .unwrap();
     let first = lingering
-        .wait_with_cursor(&user, "", Instant::now() + Duration::from_millis(300))
+        .wait_with_cursor(
+            &user,
+            "",
+            &PollBudget::until(Instant::now() + Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     assert!(first.is_empty());
     let bodies: Vec<_> = (1..=4).map(message).collect();
     publish_all(&*lingering, Audience::User(user.user_id), &bodies[..2]).await;
 
-    let shown = lingering.wait_with_cursor(&user, "", hold()).await.unwrap();
+    let shown = lingering
+        .wait_with_cursor(&user, "", &PollBudget::until(hold()))
+        .await
+        .unwrap();
     assert_eq!(
         shown.iter().map(message_data_id).collect::<Vec<_>>(),
         [1, 2]
@@ -102,7 +117,7 @@ async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
     );
     // The client got 1 and 2 but acknowledges only 1 (its answer with 2 was lost).
     let again = lingering
-        .wait_with_cursor(&user, &shown[0].id, hold())
+        .wait_with_cursor(&user, &shown[0].id, &PollBudget::until(hold()))
         .await
         .unwrap();
     assert_eq!(again.iter().map(message_data_id).collect::<Vec<_>>(), [2]);
@@ -111,7 +126,10 @@ async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
     tokio::time::sleep(LINGER * 3).await;
     assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
     let other = rabbit(&longpoll_tests::config(&unique_name("linger-other")));
-    let given_back = other.wait_with_cursor(&user, "", hold()).await.unwrap();
+    let given_back = other
+        .wait_with_cursor(&user, "", &PollBudget::until(hold()))
+        .await
+        .unwrap();
     assert_eq!(
         given_back.iter().map(message_data_id).collect::<Vec<_>>(),
         [2, 3, 4]

@@ -48,7 +48,7 @@ async fn publishes_a_single_event(make: MakeBroker) {
     assert_eq!(published[0]["routed"], true);
     let events = setup
         .broker
-        .wait_for_events(&user, Instant::now() + HOLD)
+        .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(events[0].id, published[0]["id"].as_str().unwrap());
@@ -82,7 +82,7 @@ async fn publishes_a_batch_with_college_fan_out(make: MakeBroker) {
     assert_eq!(routed, [true, true, false]);
     let alices = setup
         .broker
-        .wait_for_events(&alice, Instant::now() + HOLD)
+        .wait_for_events(&alice, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(
@@ -91,7 +91,7 @@ async fn publishes_a_batch_with_college_fan_out(make: MakeBroker) {
     );
     let bobs = setup
         .broker
-        .wait_for_events(&bob, Instant::now() + HOLD)
+        .wait_for_events(&bob, &PollBudget::until(Instant::now() + HOLD))
         .await
         .unwrap();
     assert_eq!(
@@ -194,7 +194,10 @@ async fn refuses_bad_requests_and_publishes_nothing(make: MakeBroker) {
 
     let events = setup
         .broker
-        .wait_for_events(&user, Instant::now() + Duration::from_millis(300))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     assert!(
@@ -351,7 +354,11 @@ async fn rabbitmq_online_lookups_leave_held_polls_alone() {
     declare(&*setup.broker, &user).await;
     let held = {
         let (broker, user) = (setup.broker.clone(), user.clone());
-        tokio::spawn(async move { broker.wait_for_events(&user, Instant::now() + HOLD).await })
+        tokio::spawn(async move {
+            broker
+                .wait_for_events(&user, &PollBudget::until(Instant::now() + HOLD))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let strangers: Vec<_> = (0..20).map(|_| unique_user()).collect();

@@ -29,4 +29,14 @@ async fn the_functions_answer_on_their_routes_under_cargo_lambda_watch() {
         publish_key: DEV_PUBLISH_KEY,
     })
     .await;
+    // A normal start, use and stop logs no warning and no error (the functions run with
+    // RUST_LOG=warn here, so anything at those levels shows).
+    let log = watch.stop();
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            line.contains(" WARN ") || line.contains(" ERROR ") || line.contains("Error:")
+        })
+        .collect();
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
 }

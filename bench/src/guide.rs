@@ -4,7 +4,8 @@
 //! is there or 5.5 s have passed. [`GuideBaseline`] does exactly that inside the real
 //! `poll-events` handler and HTTP server (`longpoll-bench guide-server`), so the only
 //! difference the benchmark measures is the wait itself: a check every 0.3 s against a
-//! consumer the broker pushes to. Publishing and presence are the real broker's.
+//! consumer the broker pushes to. It implements polling alone ([`Poll`]): publishing and
+//! presence are the real broker's.
 
 use std::{
     sync::{
@@ -21,10 +22,11 @@ use lapin::{
     types::FieldTable,
 };
 use longpoll::{
-    Broker, BrokerError, Config, RabbitBroker,
-    broker::{Publication, Receipt, field_table},
+    BrokerError, Config, RabbitBroker,
+    broker::Poll,
+    budget::PollBudget,
     event::Event,
-    topology::{CollegeId, MAX_BATCH, Subscriber, UserId, user_queue_arguments},
+    topology::{MAX_BATCH, Subscriber, user_queue_arguments},
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -32,7 +34,7 @@ use tokio::{sync::Mutex, time::Instant};
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(300);
 
 pub struct GuideBaseline {
-    /// Publishing, presence and cursor mode: the real broker.
+    /// Cursor mode, which the guide does not have: the real broker.
     inner: RabbitBroker,
     url: String,
     exchange: String,
@@ -86,11 +88,7 @@ impl GuideBaseline {
             ..Default::default()
         };
         channel
-            .queue_declare(
-                queue.as_str().into(),
-                durable,
-                field_table(user_queue_arguments()),
-            )
+            .queue_declare(queue.as_str().into(), durable, queue_arguments())
             .await?;
         for key in subscriber.routing_keys() {
             channel
@@ -127,59 +125,38 @@ impl GuideBaseline {
 }
 
 #[async_trait]
-impl Broker for GuideBaseline {
-    async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError> {
-        self.inner.publish(batch).await
-    }
-
+impl Poll for GuideBaseline {
     async fn wait_for_events(
         &self,
         subscriber: &Subscriber,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
         let channel = self.channel().await?;
         let events = self
-            .check_every_interval(&channel, subscriber, deadline)
+            .check_every_interval(&channel, subscriber, budget.hold_until())
             .await;
         let _ = channel.close(200, "poll done".into()).await;
         events.map_err(unreachable)
     }
 
+    /// The guide has no cursor mode: the real broker's.
     async fn wait_with_cursor(
         &self,
         subscriber: &Subscriber,
         acked: &str,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        self.inner
-            .wait_with_cursor(subscriber, acked, deadline)
-            .await
+        self.inner.wait_with_cursor(subscriber, acked, budget).await
     }
+}
 
-    async fn mark_online(
-        &self,
-        user: UserId,
-        college: Option<CollegeId>,
-        deadline: Instant,
-    ) -> Result<(), BrokerError> {
-        self.inner.mark_online(user, college, deadline).await
+/// The contract's queue arguments as the guide's code passes them to its client.
+fn queue_arguments() -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in user_queue_arguments() {
+        table.insert(name.into(), value.into());
     }
-
-    async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
-        self.inner.mark_offline(user).await
-    }
-
-    async fn is_online(
-        &self,
-        users: &[UserId],
-        within: Option<CollegeId>,
-    ) -> Result<Vec<bool>, BrokerError> {
-        self.inner.is_online(users, within).await
-    }
-
-    async fn close(&self) {
-        self.inner.close().await;
-    }
+    table
 }
 
 fn unreachable(error: lapin::Error) -> BrokerError {

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
-use longpoll::Config;
+use longpoll::{Config, RabbitBroker};
 use longpoll_bench::{guide::GuideBaseline, held, herd, latency, soak, suite};
 use longpoll_local::{BrokerKind, Functions, cors, serve};
 
@@ -117,12 +117,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn guide_server() -> Result<(), Box<dyn std::error::Error>> {
     longpoll::telemetry::init();
     let config = Config::from_env("longpoll-guide-baseline")?;
-    let broker = Arc::new(GuideBaseline::new(&config));
-    let functions = Arc::new(Functions::with_broker(
-        config,
-        broker,
-        BrokerKind::RabbitMq,
-    )?);
+    let guide = Arc::new(GuideBaseline::new(&config));
+    let broker = Arc::new(RabbitBroker::new(&config));
+    let mut functions = Functions::with_broker(config, broker, BrokerKind::RabbitMq)?;
+    functions.app = functions.app.with_poll(guide);
+    let functions = Arc::new(functions);
     let address = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:9100".to_owned());
     let listener = tokio::net::TcpListener::bind(&address).await?;
     println!("guide baseline listening on http://{address}");

@@ -12,6 +12,7 @@ use std::{
 use longpoll::{
     Broker,
     broker::Publication,
+    budget::PollBudget,
     config::{DEV_JWT_SECRET, DEV_PUBLISH_KEY},
     token::TokenIssuer,
     topology::{Audience, Subscriber, UserId},
@@ -56,7 +57,10 @@ pub async fn declare(broker: &dyn Broker, subscriber: &Subscriber) {
     // is a poll that holds 50 ms, too short to wait for a connection.
     let _ = broker.is_online(&[], None).await;
     let hold = || Instant::now() + Duration::from_millis(50);
-    while let Err(error) = broker.wait_for_events(subscriber, hold()).await {
+    while let Err(error) = broker
+        .wait_for_events(subscriber, &PollBudget::until(hold()))
+        .await
+    {
         let _ = broker.is_online(&[], None).await;
         assert!(
             Instant::now() < give_up,

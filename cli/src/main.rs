@@ -12,7 +12,8 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use longpoll::{
-    Broker, Config, RabbitBroker,
+    Config, RabbitBroker,
+    broker::Publish,
     broker::check::check_rabbitmq,
     config::{DEFAULT_AMQP_URL, DEFAULT_EXCHANGE},
     publish::parse_publish_body,

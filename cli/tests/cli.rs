@@ -161,7 +161,10 @@ async fn publish_reaches_the_user_and_tail_sees_it_without_taking_it() {
     assert_eq!(line["data"]["message"], "from the CLI");
 
     let events = broker
-        .wait_for_events(&user, Instant::now() + Duration::from_secs(3))
+        .wait_for_events(
+            &user,
+            &PollBudget::until(Instant::now() + Duration::from_secs(3)),
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -3,8 +3,9 @@
 //!
 //! - [`Functions`]: the handlers' dependencies, on the in-memory broker by default or on
 //!   RabbitMQ when `AMQP_URL` is set.
-//! - [`router`]: the route table ([`longpoll::routes::ROUTES`]) as an axum router, with
-//!   CORS for front ends on other local ports.
+//! - [`MOUNTS`]: each function's route (exported by its crate beside its handler) and
+//!   the handler; [`router`] mounts them as an axum router, with CORS for front ends on
+//!   other local ports.
 //! - [`demo`]: the demo page at `/demo/` (two users chatting through the browser client);
 //!   the OpenAPI description is at `/openapi.yaml`.
 //! - [`serve`]: runs the router until `shutdown` resolves; held polls answer before it
@@ -29,13 +30,15 @@ use axum::{
     response::Response as AxumResponse,
     routing::any,
 };
+use futures_lite::future::Boxed;
 use lambda_http::{Body, Request, Response};
 use longpoll::{
     App, Broker, Config, MemoryBroker, RabbitBroker,
+    broker::LingeringBroker,
     config::ConfigError,
     http::{ApiError, json_response},
     publish::MAX_BODY_BYTES,
-    routes::{ROUTES, Route},
+    routes::Route,
 };
 use publish_event::Publisher;
 
@@ -63,6 +66,8 @@ pub enum BrokerKind {
 pub struct Functions {
     pub app: App,
     pub publisher: Publisher,
+    /// The whole broker, for the health check and the graceful close.
+    pub broker: Arc<dyn Broker>,
     pub kind: BrokerKind,
 }
 
@@ -77,15 +82,16 @@ impl Functions {
             ),
             // One long-running process serves every user here, so each user's consumer
             // may outlive their poll: an idle re-poll then costs the broker nothing.
-            BrokerKind::RabbitMq => {
-                Arc::new(RabbitBroker::new(&config).with_lingering_consumers(CONSUMER_LINGER))
-            }
+            BrokerKind::RabbitMq => Arc::new(LingeringBroker::new(
+                RabbitBroker::new(&config),
+                CONSUMER_LINGER,
+            )),
         };
         Self::with_broker(config, broker, kind)
     }
 
-    /// Builds the functions on a broker of the caller's (the benchmark's baseline of the
-    /// guide's algorithm), filling in development secrets as [`Functions::new`] does.
+    /// Builds the functions on a broker of the caller's, filling in development secrets
+    /// as [`Functions::new`] does.
     pub fn with_broker(
         mut config: Config,
         broker: Arc<dyn Broker>,
@@ -98,39 +104,49 @@ impl Functions {
             config.publish_api_key = Some(DEV_PUBLISH_KEY.to_owned());
         }
         let publisher = Publisher::new(&config, broker.clone())?;
-        let app = App::new(config, broker)?;
+        let app = App::new(config, broker.clone())?;
         Ok(Self {
             app,
             publisher,
+            broker,
             kind,
         })
     }
-
-    /// Runs the handler of `function`.
-    async fn invoke(
-        &self,
-        function: &str,
-        request: Request,
-    ) -> Result<Response<Body>, lambda_http::Error> {
-        match function {
-            "poll-events" => poll_events::handle(&self.app, request).await,
-            "poll-test" => poll_test::handle(request).await,
-            "poll-disconnect" => poll_disconnect::handle(&self.app, request).await,
-            "publish-event" => publish_event::handle(&self.publisher, request).await,
-            "poll-online" => poll_online::handle(&self.app, request).await,
-            other => Err(format!("no handler for function {other}").into()),
-        }
-    }
 }
 
-/// Every route of the table, each to its function for every method (the function
-/// answers a wrong one with 405), CORS around them, JSON 404 elsewhere.
+/// A function's handler, as the local server calls it.
+pub type Handler = fn(Arc<Functions>, Request) -> Boxed<Result<Response<Body>, lambda_http::Error>>;
+
+/// Every function: its route, as its crate exports it, and its handler. What the local
+/// server serves, and what the watch router and the template must mirror.
+pub const MOUNTS: [(Route, Handler); 5] = [
+    (poll_events::ROUTE, |functions, request| {
+        Box::pin(async move { poll_events::handle(&functions.app, request).await })
+    }),
+    (poll_test::ROUTE, |_, request| {
+        Box::pin(poll_test::handle(request))
+    }),
+    (poll_disconnect::ROUTE, |functions, request| {
+        Box::pin(async move { poll_disconnect::handle(&functions.app, request).await })
+    }),
+    (publish_event::ROUTE, |functions, request| {
+        Box::pin(async move { publish_event::handle(&functions.publisher, request).await })
+    }),
+    (poll_online::ROUTE, |functions, request| {
+        Box::pin(async move { poll_online::handle(&functions.app, request).await })
+    }),
+];
+
+/// Every mounted route, each to its function for every method (the function answers a
+/// wrong one with 405), CORS around them, JSON 404 elsewhere.
 pub fn router(functions: Arc<Functions>, cors: CorsLayer) -> Router {
     let mut router = Router::new();
-    for route in ROUTES {
+    for (route, handler) in MOUNTS {
         router = router.route(
             route.path,
-            any(move |State(functions), request| invoke(functions, route, request)),
+            any(move |State(functions), request| {
+                invoke(functions, route.function, handler, request)
+            }),
         );
     }
     router
@@ -197,12 +213,17 @@ pub async fn serve_within(
     let app = router(functions.clone(), cors);
     edge::serve(listener, app, limits, shutdown).await;
     // A broker that does not answer the close must not hold the exit up.
-    let close = functions.app.broker.close();
+    let close = functions.broker.close();
     let _ = tokio::time::timeout(std::time::Duration::from_millis(500), close).await;
     Ok(())
 }
 
-async fn invoke(functions: Arc<Functions>, route: Route, request: AxumRequest) -> AxumResponse {
+async fn invoke(
+    functions: Arc<Functions>,
+    function: &'static str,
+    handler: Handler,
+    request: AxumRequest,
+) -> AxumResponse {
     let (parts, body) = request.into_parts();
     // Read one byte past the publish limit, so the handler still sees (and refuses)
     // an oversized body.
@@ -227,14 +248,13 @@ async fn invoke(functions: Arc<Functions>, route: Route, request: AxumRequest) -
     // away: as on Lambda, a poll is never cut off between taking events from the
     // broker and answering.
     let request = Request::from_parts(parts, body);
-    let handler = tokio::spawn(async move { functions.invoke(route.function, request).await });
-    match handler
+    match tokio::spawn(handler(functions, request))
         .await
         .unwrap_or_else(|panic| Err(panic.to_string().into()))
     {
         Ok(response) => to_axum(response),
         Err(error) => {
-            tracing::error!(function = route.function, %error, "handler failed");
+            tracing::error!(function, %error, "handler failed");
             let body = json!({"error": "internal_error", "message": "the function failed; see the server log"});
             to_axum(json_response(StatusCode::INTERNAL_SERVER_ERROR, &body))
         }

@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     longpoll::telemetry::init();
     let args = Args::parse();
     let config = Config::load("longpoll-local").await?;
-    let kind = if std::env::var("AMQP_URL").is_ok_and(|url| !url.is_empty()) {
+    let kind = if config.amqp_url_given {
         BrokerKind::RabbitMq
     } else {
         BrokerKind::Memory
@@ -75,7 +75,7 @@ async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool)
         BrokerKind::RabbitMq => {
             let url = config.redacted_amqp_url();
             // Any operation connects; an empty presence lookup is the cheapest one.
-            match functions.app.broker.is_online(&[], None).await {
+            match functions.broker.is_online(&[], None).await {
                 Ok(_) => println!("broker: RabbitMQ at {url}"),
                 Err(error) => println!(
                     "broker: RabbitMQ at {url} — not reachable yet ({error}); requests answer 503 until it is"

@@ -6,19 +6,26 @@ use std::sync::Arc;
 use lambda_http::{Request, http::header};
 
 use crate::{
-    broker::{Broker, RabbitBroker},
+    broker::{Broker, Poll, Presence, RabbitBroker},
     config::{Config, ConfigError},
     held::HeldPolls,
     http::{ApiError, query_param},
     token::{AuthError, Identity, TokenVerifier, extract_token},
 };
 
-/// Config, token verifier and broker: everything a handler uses.
+/// Config, token verifier and the broker's capabilities: everything a user-facing
+/// handler uses. Each handler reaches for the capability it needs: the poll for
+/// [`App::poll`] and [`App::presence`], disconnect and the online lookup for
+/// [`App::presence`] alone (publishing has a handler of its own, with its own caller
+/// check).
 #[derive(Clone)]
 pub struct App {
     pub config: Config,
     pub tokens: TokenVerifier,
-    pub broker: Arc<dyn Broker>,
+    /// Waiting for a subscriber's events.
+    pub poll: Arc<dyn Poll>,
+    /// Marking users online and offline, and looking them up.
+    pub presence: Arc<dyn Presence>,
     /// The polls each user holds now, against `config.max_polls_per_user`.
     pub held_polls: Arc<HeldPolls>,
 }
@@ -32,8 +39,15 @@ impl App {
             held_polls: Arc::new(HeldPolls::new(config.max_polls_per_user)),
             config,
             tokens,
-            broker,
+            poll: broker.clone(),
+            presence: broker,
         })
+    }
+
+    /// The same app with polls answered by `poll` instead (the benchmark's baseline of
+    /// the guide's algorithm, which implements polling alone).
+    pub fn with_poll(self, poll: Arc<dyn Poll>) -> Self {
+        Self { poll, ..self }
     }
 
     /// The Lambda set-up: configuration from the environment (and Secrets Manager, see

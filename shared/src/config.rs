@@ -39,6 +39,9 @@ pub enum ConfigError {
 pub struct Config {
     /// Broker URL (`amqp://` or `amqps://`); holds a password, so never printed whole.
     pub amqp_url: String,
+    /// Whether a broker was configured (`AMQP_URL` or its secret) rather than defaulted:
+    /// the local server then runs on RabbitMQ instead of in memory.
+    pub amqp_url_given: bool,
     /// Shared secret for HS256 user tokens; required by the functions that take a user
     /// token (see [`Config::require_jwt_secret`]).
     pub jwt_secret: Option<Vec<u8>>,
@@ -83,7 +86,13 @@ impl Config {
     pub async fn load(function: &str) -> Result<Self, ConfigError> {
         let environment = |name: &str| env::var(name).ok();
         #[cfg(feature = "secrets-manager")]
-        let from_secrets = crate::secrets::fetch(&environment).await?;
+        let from_secrets =
+            crate::secrets::fetch(&environment)
+                .await
+                .map_err(|error| ConfigError::Invalid {
+                    var: error.var,
+                    reason: error.reason,
+                })?;
         #[cfg(not(feature = "secrets-manager"))]
         let from_secrets = {
             for var in ["AMQP_SECRET_ARN", "JWT_SECRET_ARN"] {
@@ -134,7 +143,9 @@ impl Config {
                 }),
             }
         };
-        let amqp_url = get("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+        let given_url = get("AMQP_URL");
+        let amqp_url_given = given_url.is_some();
+        let amqp_url = given_url.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(ConfigError::Invalid {
                 var: "AMQP_URL",
@@ -156,6 +167,7 @@ impl Config {
         }
         Ok(Self {
             amqp_url,
+            amqp_url_given,
             jwt_secret: jwt_secret.map(String::into_bytes),
             jwt_issuer: get("JWT_ISSUER"),
             jwt_audience: get("JWT_AUDIENCE"),
@@ -185,6 +197,7 @@ impl Config {
     pub fn new(amqp_url: &str, jwt_secret: Option<&str>, connection_name: &str) -> Self {
         Self {
             amqp_url: amqp_url.to_owned(),
+            amqp_url_given: true,
             jwt_secret: jwt_secret.map(|secret| secret.as_bytes().to_vec()),
             jwt_issuer: None,
             jwt_audience: None,

@@ -1,7 +1,7 @@
 //! What every handler needs around the broker: JSON responses, the one mapping from
 //! outcomes to status codes, method checks, the query string and the poll's deadline.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use lambda_http::{
     Body, Request, RequestExt, Response,
@@ -9,22 +9,15 @@ use lambda_http::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tokio::time::Instant;
 use tracing::warn;
 
-use crate::{broker::BrokerError, telemetry::Throttle, token::AuthError};
+use crate::{broker::BrokerError, budget::PollBudget, telemetry::Throttle, token::AuthError};
 
 /// Seconds a client should wait before retrying when the broker is unavailable.
 pub const RETRY_AFTER_SECS: u64 = 2;
 /// Seconds a client should wait after the broker refused its request: a limit that was
 /// reached is not lifted in two seconds.
 pub const REFUSED_RETRY_AFTER_SECS: u64 = 30;
-/// Time kept back from the Lambda deadline to stop waiting, stop the consumer, ack
-/// and send the answer, so the function never runs into its timeout mid-response.
-pub const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
-/// A deadline further off than this is not a Lambda deadline (functions run for 15
-/// minutes at most); `cargo lambda watch` passes a duration there, not a time.
-const LONGEST_LAMBDA_RUN: Duration = Duration::from_secs(15 * 60);
 
 /// Every way a request can fail, each with its status. Handlers return it and
 /// [`ApiError::into_response`] answers it; `Err` from a handler is kept for the truly
@@ -173,25 +166,13 @@ pub fn query_param(request: &Request, name: &str) -> Option<String> {
     parameters.first(name).map(str::to_owned)
 }
 
-/// When a poll must stop waiting: `hold` from now, or earlier if the Lambda deadline
-/// (minus [`DEADLINE_MARGIN`]) comes first. A deadline that is already past or
-/// absurdly far (`cargo lambda watch` sends a duration there) is ignored.
-pub fn poll_deadline(request: &Request, hold: Duration) -> Instant {
-    let now = Instant::now();
-    let Some(deadline_ms) = request.lambda_context_ref().map(|context| context.deadline) else {
-        return now + hold;
-    };
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    let Some(left) = deadline_ms.checked_sub(now_ms).map(Duration::from_millis) else {
-        return now + hold;
-    };
-    if left > LONGEST_LAMBDA_RUN {
-        return now + hold;
-    }
-    now + hold.min(left.saturating_sub(DEADLINE_MARGIN))
+/// The poll's [`PollBudget`]: `hold`, within the Lambda deadline of `request` (none
+/// outside Lambda; the budget ignores the duration `cargo lambda watch` passes there).
+pub fn poll_budget(request: &Request, hold: Duration) -> PollBudget {
+    PollBudget::new(
+        hold,
+        request.lambda_context_ref().map(|context| context.deadline),
+    )
 }
 
 /// Now, in epoch seconds with a fraction: the `timestamp` of every answer.
@@ -202,52 +183,6 @@ pub fn now_seconds() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lambda_http::Context;
-
-    fn with_deadline(deadline_ms: u64) -> Request {
-        let mut context = Context::default();
-        context.deadline = deadline_ms;
-        Request::default().with_lambda_context(context)
-    }
-
-    fn epoch_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    }
-
-    #[test]
-    fn the_hold_ends_before_the_lambda_deadline() {
-        let hold = Duration::from_millis(5500);
-        let deadline = poll_deadline(&with_deadline(epoch_ms() + 3000), hold);
-        let left = deadline - Instant::now();
-        assert!(
-            left <= Duration::from_millis(2250) && left > Duration::from_millis(2000),
-            "{left:?}"
-        );
-    }
-
-    #[test]
-    fn a_far_deadline_leaves_the_configured_hold() {
-        let hold = Duration::from_millis(5500);
-        let deadline = poll_deadline(&with_deadline(epoch_ms() + 60_000), hold);
-        assert!(deadline - Instant::now() > Duration::from_millis(5400));
-    }
-
-    #[test]
-    fn past_absurd_or_missing_deadlines_are_ignored() {
-        let hold = Duration::from_millis(5500);
-        // `cargo lambda watch` sends 600000: a duration, read as a time long past.
-        for request in [
-            with_deadline(600_000),
-            with_deadline(epoch_ms() + 3_600_000),
-            Request::default(),
-        ] {
-            let left = poll_deadline(&request, hold) - Instant::now();
-            assert!(left > Duration::from_millis(5400), "{left:?}");
-        }
-    }
 
     #[test]
     fn errors_carry_their_status_and_headers() {

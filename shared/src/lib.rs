@@ -18,28 +18,36 @@
 //!   verifying it (HS256 JWT); minting tokens for tests and local use.
 //! - [`topology`]: queue and exchange names, routing keys and queue arguments: the one
 //!   place the contract's AMQP layout is written down.
-//! - [`broker`]: the [`broker::Broker`] trait the handlers use, with two implementations:
-//!   [`broker::RabbitBroker`] (lapin; one connection per process, reconnects on demand)
-//!   and [`broker::MemoryBroker`] (same semantics, in process, for the zero-setup local
-//!   run and fast tests).
+//! - [`broker`]: the capabilities the handlers use ([`broker::Publish`],
+//!   [`broker::Poll`], [`broker::Presence`]; [`broker::Broker`] is all three), with
+//!   [`broker::RabbitBroker`] (lapin; one connection per process, reconnects on demand),
+//!   [`broker::LingeringBroker`] (wraps it for the local server) and
+//!   [`broker::MemoryBroker`] (same semantics, in process, for the zero-setup local run
+//!   and fast tests).
+//! - [`budget`]: [`budget::PollBudget`], how long a poll's set-up, hold and clean-up
+//!   may take, computed once per poll from the hold and the Lambda deadline.
 //! - [`http`]: what every handler needs around the broker: JSON responses, the error to
-//!   status mapping, method checks, the query string, and the hold allowed by the Lambda
-//!   deadline.
+//!   status mapping, method checks, the query string, and the poll's budget.
 //! - [`held`]: the cap on the polls one user holds at once in a process.
 //! - [`publish`]: the publish endpoint's rules: its caller check (API key or IAM) and the
 //!   request body (one event or a batch, each validated, errors naming the field).
-//! - [`routes`]: the route table (method, path, function) that the local server, the
-//!   `cargo lambda watch` router and the SAM template all follow.
+//! - [`routes`]: the [`routes::Route`] (method, path, function) each function crate
+//!   exports beside its handler; the local server, the `cargo lambda watch` router and
+//!   the SAM template all follow them.
 //! - [`app`]: [`app::App`], the dependencies a handler receives (config, token verifier,
-//!   broker), built once per process.
+//!   the broker's poll and presence), built once per process.
+//! - [`lambda`]: [`lambda::serve`], how each function's `main` runs its handler on the
+//!   Lambda Runtime API (one invocation at a time, or many on Managed Instances).
 //! - [`telemetry`]: `tracing` set-up: JSON on AWS Lambda, readable text locally.
 
 pub mod app;
 pub mod broker;
+pub mod budget;
 pub mod config;
 pub mod event;
 pub mod held;
 pub mod http;
+pub mod lambda;
 pub mod publish;
 pub mod routes;
 #[cfg(feature = "secrets-manager")]

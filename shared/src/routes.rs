@@ -1,52 +1,20 @@
-//! The route table: every HTTP route of the contract and the function that answers it.
+//! A route: the method, path and function (binary) of one endpoint.
 //!
-//! One description, used three ways: the local server mounts it, the
-//! `[workspace.metadata.lambda.watch.router]` of the root `Cargo.toml` mirrors it for
-//! `cargo lambda watch`, and `template.yaml` mirrors it for API Gateway; a test proves the
-//! three agree. Routes match every method: a wrong one reaches the function, which
-//! answers 405 with `Allow`, as the contract asks.
+//! Each function crate exports its own `ROUTE` beside its handler, and the handler takes
+//! its method from it. The local server mounts the functions from those routes; the
+//! `[workspace.metadata.lambda.watch.router]` of the root `Cargo.toml` mirrors them for
+//! `cargo lambda watch`, and `template.yaml` for API Gateway; a test of the local server
+//! proves all of them agree (and `openapi.yaml` too). Routes match every method: a wrong
+//! one reaches the function, which answers 405 with `Allow`, as the contract asks.
 
-/// One route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use lambda_http::http::Method;
+
+/// One endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The method the function serves.
-    pub method: &'static str,
+    pub method: Method,
     pub path: &'static str,
     /// The function (and binary) name.
     pub function: &'static str,
 }
-
-pub const POLL_EVENTS: Route = Route {
-    method: "GET",
-    path: "/api/v1/communication/poll/events/",
-    function: "poll-events",
-};
-pub const POLL_TEST: Route = Route {
-    method: "GET",
-    path: "/api/v1/communication/poll/test/",
-    function: "poll-test",
-};
-pub const POLL_DISCONNECT: Route = Route {
-    method: "POST",
-    path: "/api/v1/communication/poll/disconnect/",
-    function: "poll-disconnect",
-};
-pub const PUBLISH_EVENT: Route = Route {
-    method: "POST",
-    path: "/api/v1/communication/events/",
-    function: "publish-event",
-};
-pub const POLL_ONLINE: Route = Route {
-    method: "GET",
-    path: "/api/v1/communication/poll/online/",
-    function: "poll-online",
-};
-
-/// Every route of the contract.
-pub const ROUTES: [Route; 5] = [
-    POLL_EVENTS,
-    POLL_TEST,
-    POLL_DISCONNECT,
-    PUBLISH_EVENT,
-    POLL_ONLINE,
-];

@@ -23,7 +23,13 @@ use aws_smithy_http_client::{
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+/// A secret that could not be read or made sense of: `var` is the `_ARN` setting that
+/// names it. The configuration reports it as that setting being invalid.
+#[derive(Debug)]
+pub struct SecretError {
+    pub var: &'static str,
+    pub reason: String,
+}
 
 /// The variables a secret may stand in for, each with the variable naming its ARN.
 const SECRET_BACKED: [(&str, &str); 2] = [
@@ -35,7 +41,7 @@ const SECRET_BACKED: [(&str, &str); 2] = [
 /// by variable name (`AMQP_URL`, `JWT_SECRET`). Empty when no ARN is set.
 pub async fn fetch(
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<HashMap<&'static str, String>, ConfigError> {
+) -> Result<HashMap<&'static str, String>, SecretError> {
     let wanted: Vec<(&'static str, &'static str, String)> = SECRET_BACKED
         .iter()
         .filter_map(|&(var, arn_var)| {
@@ -51,12 +57,12 @@ pub async fn fetch(
     for (var, arn_var, arn) in wanted {
         let value = read(&client, arn_var, &arn).await?;
         let setting = match var {
-            "AMQP_URL" => broker_url(&value, lookup("AMQP_URL").as_deref()).map_err(|reason| {
-                ConfigError::Invalid {
+            "AMQP_URL" => {
+                broker_url(&value, lookup("AMQP_URL").as_deref()).map_err(|reason| SecretError {
                     var: arn_var,
                     reason,
-                }
-            })?,
+                })?
+            }
             _ => value,
         };
         settings.insert(var, setting);
@@ -76,13 +82,13 @@ async fn client() -> Client {
     Client::new(&config)
 }
 
-async fn read(client: &Client, arn_var: &'static str, arn: &str) -> Result<String, ConfigError> {
+async fn read(client: &Client, arn_var: &'static str, arn: &str) -> Result<String, SecretError> {
     let output = client
         .get_secret_value()
         .secret_id(arn)
         .send()
         .await
-        .map_err(|error| ConfigError::Invalid {
+        .map_err(|error| SecretError {
             var: arn_var,
             // The SDK's error chain names the cause (access denied, not found,
             // unreachable endpoint); it never includes the secret.
@@ -94,7 +100,7 @@ async fn read(client: &Client, arn_var: &'static str, arn: &str) -> Result<Strin
     output
         .secret_string()
         .map(str::to_owned)
-        .ok_or_else(|| ConfigError::Invalid {
+        .ok_or_else(|| SecretError {
             var: arn_var,
             reason: "the secret has no string value".to_owned(),
         })

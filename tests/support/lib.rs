@@ -16,12 +16,16 @@ use std::{process::Command, sync::Arc, time::Duration};
 use lambda_http::{Body, Request, Response};
 use longpoll::{
     App, Broker, Config, MemoryBroker, RabbitBroker,
-    broker::{Publication, Receipt},
+    broker::{LingeringBroker, Publication, Receipt},
+    budget,
     event::{EventBody, NotificationData, TypingData},
     token::TokenIssuer,
     topology::{Audience, CollegeId, Subscriber, UserId},
 };
 use serde_json::Value;
+
+/// Every test builds poll budgets: a hold that ends at a given instant.
+pub use budget::PollBudget;
 use tokio::time::Instant;
 
 pub const JWT_SECRET: &str = "integration-test-secret";
@@ -47,7 +51,10 @@ pub fn rabbit(config: &Config) -> Arc<dyn Broker> {
 
 /// RabbitMQ with consumers that outlive their polls, as the local server runs it.
 pub fn rabbit_lingering(config: &Config) -> Arc<dyn Broker> {
-    Arc::new(RabbitBroker::new(config).with_lingering_consumers(Duration::from_secs(15)))
+    Arc::new(LingeringBroker::new(
+        RabbitBroker::new(config),
+        Duration::from_secs(15),
+    ))
 }
 
 pub fn memory(config: &Config) -> Arc<dyn Broker> {
@@ -149,11 +156,18 @@ pub async fn publish_all(
 /// the hold still bounds the queue's creation, so it leaves room for a busy broker.
 pub async fn declare(broker: &dyn Broker, subscriber: &Subscriber) {
     broker
-        .mark_online(subscriber.user_id, subscriber.college_id, in_a_while())
+        .mark_online(
+            subscriber.user_id,
+            subscriber.college_id,
+            &PollBudget::until(in_a_while()),
+        )
         .await
         .expect("mark online");
     let events = broker
-        .wait_for_events(subscriber, Instant::now() + Duration::from_millis(300))
+        .wait_for_events(
+            subscriber,
+            &PollBudget::until(Instant::now() + Duration::from_millis(300)),
+        )
         .await
         .expect("declare by polling");
     assert!(events.is_empty(), "a fresh queue has no events");
@@ -178,11 +192,34 @@ pub fn publisher(config: &Config, broker: Arc<dyn Broker>) -> publish_event::Pub
     publish_event::Publisher::new(&config, broker).expect("a publish key is set")
 }
 
-/// An app on `broker` whose polls hold for `hold`.
-pub fn app(config: Config, broker: Arc<dyn Broker>, hold: Duration) -> App {
+/// An app on `broker` whose polls hold for `hold`, with the broker beside it for the
+/// test's own publishing and declaring.
+pub fn app(config: Config, broker: Arc<dyn Broker>, hold: Duration) -> TestApp {
     let mut config = config;
     config.poll_timeout = hold;
-    App::new(config, broker).expect("the test config has a JWT secret")
+    let app = App::new(config, broker.clone()).expect("the test config has a JWT secret");
+    TestApp { app, broker }
+}
+
+/// An [`App`] (it derefs to one) and the whole broker under it.
+#[derive(Clone)]
+pub struct TestApp {
+    pub app: App,
+    pub broker: Arc<dyn Broker>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut App {
+        &mut self.app
+    }
 }
 
 /// A request to a handler, built from a real API Gateway HTTP API (payload 2.0) event in

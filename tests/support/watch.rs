@@ -13,13 +13,12 @@ use tokio::time::Instant;
 pub struct Watch {
     child: Child,
     pub base: String,
+    log_path: std::path::PathBuf,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let _ = self.child.wait();
+        self.terminate();
     }
 }
 
@@ -63,6 +62,7 @@ impl Watch {
         let watch = Watch {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            log_path: log_path.clone(),
         };
 
         // The first request builds and starts the function; allow for a cold build.
@@ -92,6 +92,22 @@ impl Watch {
                 .await;
         }
         watch
+    }
+
+    /// Stops watch and its functions as Ctrl-C in its terminal would (SIGTERM to the whole
+    /// process group) and returns everything they logged.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn terminate(&mut self) {
+        if self.child.try_wait().is_ok_and(|status| status.is_some()) {
+            return;
+        }
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -10,9 +10,17 @@ use lambda_http::{
 use longpoll::{
     App,
     http::{ApiError, json_response, require_method, respond},
+    routes::Route,
 };
 use serde_json::json;
 use tracing::info;
+
+/// Where this function is served.
+pub const ROUTE: Route = Route {
+    method: Method::POST,
+    path: "/api/v1/communication/poll/disconnect/",
+    function: "poll-disconnect",
+};
 
 /// The Lambda handler; also mounted by the local server.
 pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error> {
@@ -20,9 +28,9 @@ pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error
 }
 
 async fn disconnect(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
-    require_method(request, Method::POST)?;
+    require_method(request, ROUTE.method)?;
     let identity = app.authenticate(request)?;
-    app.broker.mark_offline(identity.user_id).await?;
+    app.presence.mark_offline(identity.user_id).await?;
     info!(user_id = identity.user_id.0, "user disconnected");
     Ok(json_response(
         StatusCode::OK,

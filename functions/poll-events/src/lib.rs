@@ -20,13 +20,21 @@ use longpoll::{
     App,
     event::MAX_EVENT_ID_LENGTH,
     http::{
-        ApiError, json_response, now_seconds, poll_deadline, query_param, require_method, respond,
+        ApiError, json_response, now_seconds, poll_budget, query_param, require_method, respond,
     },
+    routes::Route,
     topology::{DeviceId, MAX_DEVICE_ID_LENGTH},
 };
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::info;
+
+/// Where this function is served.
+pub const ROUTE: Route = Route {
+    method: Method::GET,
+    path: "/api/v1/communication/poll/events/",
+    function: "poll-events",
+};
 
 /// The Lambda handler; also mounted by the local server.
 pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error> {
@@ -34,7 +42,7 @@ pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error
 }
 
 async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
-    require_method(request, Method::GET)?;
+    require_method(request, ROUTE.method)?;
     let identity = app.authenticate(request)?;
     let _held = app
         .held_polls
@@ -44,18 +52,18 @@ async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> 
         })?;
     let device = device(request)?;
     let cursor = cursor(request)?;
-    let deadline = poll_deadline(request, app.config.poll_timeout);
+    let budget = poll_budget(request, app.config.poll_timeout);
     let started = Instant::now();
     // Presence first: if the broker is down we answer 503 before taking any event.
-    app.broker
-        .mark_online(identity.user_id, identity.college_id, deadline)
+    app.presence
+        .mark_online(identity.user_id, identity.college_id, &budget)
         .await?;
     let subscriber = identity.subscriber(device);
     let events = match &cursor {
-        None => app.broker.wait_for_events(&subscriber, deadline).await?,
+        None => app.poll.wait_for_events(&subscriber, &budget).await?,
         Some(acked) => {
-            app.broker
-                .wait_with_cursor(&subscriber, acked, deadline)
+            app.poll
+                .wait_with_cursor(&subscriber, acked, &budget)
                 .await?
         }
     };

@@ -13,6 +13,7 @@ use lambda_http::{
 use longpoll::{
     App,
     http::{ApiError, json_response, now_seconds, query_param, require_method, respond},
+    routes::Route,
     topology::UserId,
 };
 use serde_json::{Map, Value, json};
@@ -20,17 +21,24 @@ use serde_json::{Map, Value, json};
 /// Most users one lookup may ask about.
 pub const MAX_USER_IDS: usize = 100;
 
+/// Where this function is served.
+pub const ROUTE: Route = Route {
+    method: Method::GET,
+    path: "/api/v1/communication/poll/online/",
+    function: "poll-online",
+};
+
 /// The Lambda handler; also mounted by the local server.
 pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error> {
     respond(online(app, &request).await)
 }
 
 async fn online(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
-    require_method(request, Method::GET)?;
+    require_method(request, ROUTE.method)?;
     let caller = app.authenticate(request)?;
     let users = parse_user_ids(query_param(request, "user_ids").as_deref())?;
     // A member of a college sees its members only; a caller without one, anyone.
-    let online = app.broker.is_online(&users, caller.college_id).await?;
+    let online = app.presence.is_online(&users, caller.college_id).await?;
     let online: Map<String, Value> = users
         .iter()
         .zip(online)

@@ -1,8 +1,11 @@
-use lambda_http::{Error, run, service_fn};
+use lambda_http::Error;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     longpoll::telemetry::init();
     let app = longpoll::App::load("poll-online").await?;
-    run(service_fn(|request| poll_online::handle(&app, request))).await
+    longpoll::lambda::serve(app, |app, request| async move {
+        poll_online::handle(&app, request).await
+    })
+    .await
 }

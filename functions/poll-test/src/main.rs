@@ -1,7 +1,7 @@
-use lambda_http::{Error, run, service_fn};
+use lambda_http::Error;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     longpoll::telemetry::init();
-    run(service_fn(poll_test::handle)).await
+    longpoll::lambda::serve((), |_, request| poll_test::handle(request)).await
 }

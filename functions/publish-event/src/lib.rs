@@ -13,23 +13,25 @@ use lambda_http::{
     http::{Method, StatusCode},
 };
 use longpoll::{
-    Broker, Config, RabbitBroker,
+    Config, RabbitBroker,
+    broker::Publish,
     config::ConfigError,
     http::{ApiError, json_response, require_method, respond},
     publish::{PublishAuth, parse_publish_body},
+    routes::Route,
 };
 use serde_json::json;
 use tracing::info;
 
-/// What the publish handler needs: the caller check and the broker.
+/// What the publish handler needs: the caller check and the broker's publishing.
 pub struct Publisher {
     pub auth: PublishAuth,
-    pub broker: Arc<dyn Broker>,
+    pub broker: Arc<dyn Publish>,
 }
 
 impl Publisher {
     /// Fails unless the endpoint can authorise callers (it never runs open).
-    pub fn new(config: &Config, broker: Arc<dyn Broker>) -> Result<Self, ConfigError> {
+    pub fn new(config: &Config, broker: Arc<dyn Publish>) -> Result<Self, ConfigError> {
         Ok(Self {
             auth: PublishAuth::from_config(config)?,
             broker,
@@ -44,13 +46,20 @@ impl Publisher {
     }
 }
 
+/// Where this function is served.
+pub const ROUTE: Route = Route {
+    method: Method::POST,
+    path: "/api/v1/communication/events/",
+    function: "publish-event",
+};
+
 /// The Lambda handler; also mounted by the local server.
 pub async fn handle(publisher: &Publisher, request: Request) -> Result<Response<Body>, Error> {
     respond(publish(publisher, &request).await)
 }
 
 async fn publish(publisher: &Publisher, request: &Request) -> Result<Response<Body>, ApiError> {
-    require_method(request, Method::POST)?;
+    require_method(request, ROUTE.method)?;
     publisher.auth.check(request)?;
     let batch = parse_publish_body(request.body().as_ref())?;
     let receipts = publisher.broker.publish(&batch).await?;

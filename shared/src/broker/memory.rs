@@ -20,10 +20,11 @@ use tokio::{
 };
 
 use super::{
-    Broker, BrokerError, Publication, Receipt,
+    Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt,
     devices::{DEFAULT_MAX_DEVICES_PER_USER, Devices},
 };
 use crate::{
+    budget::PollBudget,
     event::{Event, epoch_seconds},
     topology::{
         CollegeId, MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES,
@@ -299,7 +300,7 @@ impl Drop for ConsumerGuard<'_> {
 }
 
 #[async_trait]
-impl Broker for MemoryBroker {
+impl Publish for MemoryBroker {
     async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError> {
         let now = Instant::now();
         let mut state = self.state();
@@ -343,12 +344,16 @@ impl Broker for MemoryBroker {
         }
         Ok(receipts)
     }
+}
 
+#[async_trait]
+impl Poll for MemoryBroker {
     async fn wait_for_events(
         &self,
         subscriber: &Subscriber,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
+        let deadline = budget.hold_until();
         self.wait_until(subscriber, deadline, |queue, now| queue.take_batch(now))
             .await
     }
@@ -357,8 +362,9 @@ impl Broker for MemoryBroker {
         &self,
         subscriber: &Subscriber,
         acked: &str,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
+        let deadline = budget.hold_until();
         // The acknowledged prefix goes on the first look only.
         let mut acked = Some(acked);
         self.wait_until(subscriber, deadline, |queue, now| {
@@ -366,12 +372,15 @@ impl Broker for MemoryBroker {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Presence for MemoryBroker {
     async fn mark_online(
         &self,
         user: UserId,
         college: Option<CollegeId>,
-        _deadline: Instant,
+        _budget: &PollBudget,
     ) -> Result<(), BrokerError> {
         let now = Instant::now();
         let lapses = now + self.presence_ttl;
@@ -401,3 +410,5 @@ impl Broker for MemoryBroker {
             .collect())
     }
 }
+
+impl Broker for MemoryBroker {}

@@ -1,6 +1,9 @@
-//! Where events wait: the [`Broker`] trait the handlers use, and its two implementations.
+//! Where events wait: the capabilities the handlers use ([`Publish`], [`Poll`],
+//! [`Presence`]; [`Broker`] is all three), and their implementations.
 //!
-//! - [`RabbitBroker`] talks AMQP 0-9-1 to RabbitMQ (or Amazon MQ) through lapin.
+//! - [`RabbitBroker`] talks AMQP 0-9-1 to RabbitMQ (or Amazon MQ) through lapin, one
+//!   consumer per poll (Lambda's shape); [`LingeringBroker`] wraps it for a
+//!   long-running server, keeping each user's consumer between polls.
 //! - [`MemoryBroker`] keeps the same queues in process, with the same rules, for the
 //!   zero-setup local run and fast handler tests.
 //!
@@ -16,12 +19,12 @@ mod rabbit;
 
 pub use devices::DEFAULT_MAX_DEVICES_PER_USER;
 pub use memory::MemoryBroker;
-pub use rabbit::{RabbitBroker, Tail, field_table};
+pub use rabbit::{LingeringBroker, RabbitBroker, Tail};
 
 use async_trait::async_trait;
-use tokio::time::Instant;
 
 use crate::{
+    budget::PollBudget,
     event::{Event, OutgoingEvent},
     topology::{Audience, CollegeId, Subscriber, UserId},
 };
@@ -65,27 +68,32 @@ pub struct Receipt {
     pub routed: bool,
 }
 
-/// What the handlers need from a broker; nothing more.
+/// Publishing: what the publish endpoint needs.
 #[async_trait]
-pub trait Broker: Send + Sync + 'static {
+pub trait Publish: Send + Sync + 'static {
     /// Publishes each event persistently and returns once the broker has confirmed all
     /// of them, in order.
     async fn publish(&self, batch: &[Publication]) -> Result<Vec<Receipt>, BrokerError>;
+}
 
+/// Waiting for a subscriber's events: what the poll endpoint needs besides presence.
+#[async_trait]
+pub trait Poll: Send + Sync + 'static {
     /// Makes sure the subscriber's queue exists and is bound, then returns the events
     /// waiting in it (at once, up to [`crate::topology::MAX_BATCH`], oldest first), or
     /// waits for the first one to arrive and returns it with whatever else is there by
-    /// then, or returns nothing at `deadline`. Returned events are removed.
+    /// then, or returns nothing when the hold of `budget` ends. Returned events are
+    /// removed.
     async fn wait_for_events(
         &self,
         subscriber: &Subscriber,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError>;
 
     /// Cursor mode (`?ack=`): first removes the queued events up to and including the
     /// one whose id is `acked`, the last event the client received (nothing when no
     /// queued event has that id, e.g. on the first poll, where it is empty); then
-    /// answers as [`Broker::wait_for_events`] does, except that the returned events
+    /// answers as [`Poll::wait_for_events`] does, except that the returned events
     /// stay queued, in order, until a later poll acknowledges them. A response that is
     /// lost therefore costs nothing: the next poll names an older id and gets the same
     /// events again. All the state is in the queue, so consecutive polls may be served
@@ -94,17 +102,21 @@ pub trait Broker: Send + Sync + 'static {
         &self,
         subscriber: &Subscriber,
         acked: &str,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError>;
+}
 
+/// Who is online: the poll endpoint marks, disconnect unmarks, the lookup asks.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
     /// Marks the user, a member of `college` if their token names one, online for the
-    /// presence TTL from now. Under load it waits its turn for the broker until
-    /// `deadline` (a poll's: the end of its hold).
+    /// presence TTL from now: the first step of a poll's set-up. Under load it waits
+    /// its turn for the broker until the set-up of `budget` must end.
     async fn mark_online(
         &self,
         user: UserId,
         college: Option<CollegeId>,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<(), BrokerError>;
 
     /// Marks the user offline at once.
@@ -113,12 +125,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether each user is online (polled within the presence TTL, not disconnected
     /// since), in the order given. With `within`, only that college's members can be:
     /// a caller who belongs to a college sees the presence of its members alone.
+    /// With no users it still reaches the broker: a health check.
     async fn is_online(
         &self,
         users: &[UserId],
         within: Option<CollegeId>,
     ) -> Result<Vec<bool>, BrokerError>;
+}
 
+/// A whole broker: every capability, and the connection behind them.
+#[async_trait]
+pub trait Broker: Publish + Poll + Presence {
     /// Releases the broker connection (graceful shutdown of a long-running server).
     async fn close(&self) {}
 }

@@ -1,21 +1,31 @@
-//! One route table, three mirrors: `longpoll::routes::ROUTES` is what the local server
-//! mounts; the `cargo lambda watch` router in the root `Cargo.toml` and the API Gateway
-//! routes in `template.yaml` must say the same, path for path, function for function.
+//! One route table, four mirrors: each function crate exports its `ROUTE` beside its
+//! handler, and [`MOUNTS`] collects them; the local server serves exactly those (each
+//! function answering its own method), the `cargo lambda watch` router in the root
+//! `Cargo.toml` and the API Gateway routes in `template.yaml` say the same, path for
+//! path, function for function, and `openapi.yaml` documents them, method for method.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
-use serde_norway::Value;
-
-use longpoll::{
-    config::{DEV_JWT_SECRET, DEV_PUBLISH_KEY},
-    routes::ROUTES,
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
 };
+use longpoll::routes::Route;
+use longpoll_local::{
+    BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, MOUNTS, cors, router,
+};
+use serde_norway::Value;
+use tower::ServiceExt;
+
+/// The routes the local server mounts.
+fn routes() -> impl Iterator<Item = Route> {
+    MOUNTS.into_iter().map(|(route, _)| route)
+}
 
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn expected() -> BTreeMap<String, String> {
-    ROUTES
-        .iter()
+    routes()
         .map(|route| (route.path.to_owned(), route.function.to_owned()))
         .collect()
 }
@@ -76,8 +86,8 @@ fn template_routes(template: &Value) -> BTreeMap<String, String> {
     routes
 }
 
-/// The one check that the three mirrors agree: what the local server mounts
-/// (`ROUTES`), what `cargo lambda watch` routes, and what API Gateway routes.
+/// The check that the mirrors agree: what the local server mounts ([`MOUNTS`]), what
+/// `cargo lambda watch` routes, and what API Gateway routes.
 #[test]
 fn the_route_table_the_watch_router_and_the_template_agree() {
     let template = template();
@@ -85,36 +95,52 @@ fn the_route_table_the_watch_router_and_the_template_agree() {
     assert_eq!(template_routes(&template), expected(), "template.yaml");
 }
 
-/// What keeps a 5.5 s hold whole on AWS: the integration waits longer than the function
-/// may run, and the function may run longer than the hold.
+/// What keeps a poll whole on AWS: the function may run for the poll's whole budget
+/// (set-up or hold, then clean-up, then sending), a Lambda deadline never shortens the
+/// longest hold the template allows, and the integration waits longer than the function.
 #[test]
-fn the_template_leaves_room_for_the_hold() {
+fn the_template_timeouts_cover_the_poll_budget() {
+    use longpoll::budget::{CLEAN_UP, DEADLINE_MARGIN, PollBudget};
+    use std::time::Duration;
+
     let template = template();
-    let hold_ms = longpoll::config::DEFAULT_POLL_TIMEOUT.as_millis() as u64;
+    let hold_parameter = &template["Parameters"]["PollTimeoutMs"];
+    let longest_hold = Duration::from_millis(hold_parameter["MaxValue"].as_u64().unwrap());
+    assert_eq!(
+        Duration::from_millis(hold_parameter["Default"].as_u64().unwrap()),
+        longpoll::config::DEFAULT_POLL_TIMEOUT
+    );
     let globals = &template["Globals"]["Function"];
     assert_eq!(globals["Runtime"], "provided.al2023");
     assert_eq!(globals["Architectures"][0], "arm64");
     assert_eq!(globals["Handler"], "bootstrap");
     let function = &template["Resources"]["PollEventsFunction"]["Properties"];
-    let timeout_s = function["Timeout"]
-        .as_u64()
-        .or(globals["Timeout"].as_u64())
-        .unwrap();
-    assert!(
-        timeout_s * 1000 > hold_ms && timeout_s <= 10,
-        "Timeout {timeout_s} s"
+    let timeout = Duration::from_secs(
+        function["Timeout"]
+            .as_u64()
+            .or(globals["Timeout"].as_u64())
+            .unwrap(),
     );
+    let sending = DEADLINE_MARGIN - CLEAN_UP;
+    assert!(
+        timeout >= PollBudget::longest(longest_hold) + sending,
+        "Timeout {timeout:?} is shorter than a poll's budget"
+    );
+    assert!(
+        timeout - DEADLINE_MARGIN >= longest_hold,
+        "the Lambda deadline would cut the hold short"
+    );
+    assert!(timeout <= Duration::from_secs(10), "Timeout {timeout:?}");
     assert_eq!(
         globals["MemorySize"], 128,
         "the poll function fits in 128 MB"
     );
-    let integration_ms = function["Events"]["Poll"]["Properties"]["TimeoutInMillis"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        integration_ms > timeout_s * 1000,
-        "integration {integration_ms} ms"
+    let integration = Duration::from_millis(
+        function["Events"]["Poll"]["Properties"]["TimeoutInMillis"]
+            .as_u64()
+            .unwrap(),
     );
+    assert!(integration > timeout, "integration {integration:?}");
 
     // The publish route is authorised by IAM and the function trusts it.
     let publish = &template["Resources"]["PublishEventFunction"]["Properties"];
@@ -132,7 +158,7 @@ fn the_template_leaves_room_for_the_hold() {
 fn the_watch_router_serves_the_local_development_settings() {
     let watch = cargo_metadata();
     // Every function named is a binary of the workspace.
-    for route in ROUTES {
+    for route in routes() {
         let manifest = format!("{WORKSPACE}/functions/{}/Cargo.toml", route.function);
         let text = std::fs::read_to_string(&manifest).unwrap_or_else(|_| panic!("{manifest}"));
         assert!(text.contains(&format!("name = \"{}\"", route.function)));
@@ -166,9 +192,49 @@ fn the_openapi_document_describes_the_route_table() {
             (format!("{prefix}{}", path.as_str().unwrap()), methods)
         })
         .collect();
-    let expected: BTreeMap<String, Vec<String>> = ROUTES
-        .iter()
-        .map(|route| (route.path.to_owned(), vec![route.method.to_owned()]))
+    let expected: BTreeMap<String, Vec<String>> = routes()
+        .map(|route| (route.path.to_owned(), vec![route.method.to_string()]))
         .collect();
     assert_eq!(documented, expected);
+}
+
+/// The local server routes each path to the function the table names, which answers
+/// its own method and refuses another with 405 and `Allow` (no 404, no other function).
+#[tokio::test]
+async fn the_local_server_serves_each_route_with_its_method() {
+    let config = longpoll::Config::new(longpoll::config::DEFAULT_AMQP_URL, None, "routes");
+    let functions = Functions::new(config, BrokerKind::Memory).unwrap();
+    let app = router(Arc::new(functions), cors(&[]));
+    for route in routes() {
+        let wrong = if route.method == "GET" {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let request = Request::builder()
+            .method(wrong)
+            .uri(route.path)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{route:?}"
+        );
+        assert_eq!(
+            response.headers()[header::ALLOW],
+            route.method.as_str(),
+            "{route:?}"
+        );
+    }
+    // And the method it serves reaches the handler (poll/test needs nothing else).
+    let test = poll_test::ROUTE;
+    let request = Request::builder()
+        .method(test.method)
+        .uri(test.path)
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -1,0 +1,352 @@
+//! A poll's consumer: set up (declare unless recent, then `basic.consume` on a shared
+//! lane), the wait for the first delivery, the clean-up (cancel, collect what raced with
+//! it, top the batch up with `basic.get`), and the settlement (acks, or requeues in
+//! cursor mode). [`Poll`] for the RabbitMQ broker is built from these.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_lite::StreamExt;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
+        BasicRejectOptions,
+    },
+    types::FieldTable,
+};
+use tokio::{
+    sync::oneshot,
+    time::{Instant, timeout_at},
+};
+use tracing::warn;
+
+use super::{
+    RabbitBroker,
+    codec::decode,
+    runner::failed,
+    session::{Lane, poison},
+};
+use crate::{
+    broker::{BrokerError, Poll},
+    budget::{CLEAN_UP, PollBudget},
+    event::Event,
+    topology::{MAX_BATCH, MAX_QUEUE_LENGTH, Subscriber},
+};
+
+impl RabbitBroker {
+    /// Starts a consumer on `queue`, already declared.
+    async fn start_consumer(
+        &self,
+        channel: &Channel,
+        queue: &str,
+    ) -> lapin::Result<lapin::Consumer> {
+        // The consume runs in a task of its own: if this poll stops waiting for
+        // consume-ok (its set-up timed out under load), the task still gets the consumer
+        // and gives it back, so no consumer is left holding messages nobody reads.
+        let (handover, handed) = oneshot::channel();
+        let (channel, queue_name) = (channel.clone(), queue.to_owned());
+        tokio::spawn(async move {
+            let consumer = channel
+                .basic_consume(
+                    queue_name.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            if let Err(Ok(unwanted)) = handover.send(consumer) {
+                release(channel, unwanted, Vec::new());
+            }
+        });
+        handed.await.expect("the consume task always hands over")
+    }
+
+    /// A consumer on `queue` (declared and bound to `keys` unless this process just did),
+    /// on a borrowed lane, within the set-up of `budget`.
+    pub(super) async fn set_up_consumer(
+        &self,
+        queue: &str,
+        keys: &[String],
+        budget: &PollBudget,
+    ) -> Result<(Lane, lapin::Consumer), BrokerError> {
+        let deadline = budget.set_up_until();
+        if !self.declared.recently(queue, keys) {
+            self.declare_subscriber_queue(queue, keys, deadline).await?;
+            // Remembered at once: a poll whose consume then misses its hold (a herd)
+            // retries without declaring again.
+            self.declared.remember(queue, keys);
+        }
+        let consumer = self
+            .run_on("poll set-up", deadline, |lane: Lane| async move {
+                let consumer = self.start_consumer(&lane.channel, queue).await?;
+                Ok((lane, consumer))
+            })
+            .await;
+        // A consume refused or failed may mean the queue is gone: declare it next time.
+        if let Err(BrokerError::Refused { .. } | BrokerError::Failed { .. }) = &consumer {
+            self.declared.forget(queue);
+        }
+        consumer
+    }
+
+    /// Waits on the subscriber's queue until a message arrives (or the hold of `budget`
+    /// ends), then stops the consumer, collects the deliveries that raced with the stop
+    /// and tops the batch up to `limit` with what else is queued, within the clean-up.
+    /// Nothing is settled yet: the caller acks or requeues each delivery with
+    /// [`Self::settle`], within what is left of the clean-up.
+    async fn take(
+        &self,
+        subscriber: &Subscriber,
+        budget: &PollBudget,
+        limit: usize,
+    ) -> Result<Taken, BrokerError> {
+        let queue = subscriber.queue_name();
+        let keys = subscriber.routing_keys();
+        let (lane, mut consumer) = self.set_up_consumer(&queue, &keys, budget).await?;
+
+        let mut deliveries = Vec::new();
+        let mut consumer_ended = false;
+        match timeout_at(budget.hold_until(), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => deliveries.push(delivery),
+            // The channel or connection died mid-hold; the broker requeues what it had sent.
+            Ok(Some(Err(error))) => {
+                self.declared.forget(&queue);
+                return Err(failed("poll", error));
+            }
+            // The broker cancelled the consumer (the queue was deleted).
+            Ok(None) => {
+                consumer_ended = true;
+                self.declared.forget(&queue);
+            }
+            Err(_hold_over) => {}
+        }
+        let collect = collect_rest(
+            &lane.channel,
+            &mut consumer,
+            consumer_ended,
+            &queue,
+            &mut deliveries,
+            limit,
+        );
+        let clean_up_until = Instant::now() + CLEAN_UP;
+        match timeout_at(clean_up_until, collect).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(failed("poll", error)),
+            Err(_) => {
+                // The poll answers 503; what it took goes back to the queue.
+                release(lane.channel.clone(), consumer, deliveries);
+                return Err(BrokerError::Timeout("poll clean-up"));
+            }
+        }
+        Ok(Taken {
+            lane,
+            queue,
+            deliveries,
+            clean_up_until,
+        })
+    }
+
+    /// Acks (removes) each delivery of `taken` for which `remove` says so and requeues
+    /// the others, which go back to their places at the head of the queue.
+    async fn settle(
+        &self,
+        taken: &Taken,
+        remove: impl Fn(usize) -> bool,
+    ) -> Result<(), BrokerError> {
+        // One settlement each: delivery tags are per channel and lanes are shared, so a
+        // `multiple` ack could take other polls' deliveries with it.
+        let settle = async {
+            let mut requeued = false;
+            for (index, delivery) in taken.deliveries.iter().enumerate() {
+                if remove(index) {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                } else {
+                    let requeue = BasicRejectOptions { requeue: true };
+                    delivery.acker.reject(requeue).await?;
+                    requeued = true;
+                }
+            }
+            // Rejects have no reply. Answering before the broker has taken them back
+            // would let the client's next poll, served on another connection (another
+            // instance), see newer events ahead of them. A `basic.qos` that changes
+            // nothing (the lanes' per-consumer prefetch) is answered on this channel
+            // only after the rejects before it: one round trip, for cursor polls that
+            // return events.
+            if requeued {
+                let unchanged = BasicQosOptions { global: false };
+                taken
+                    .lane
+                    .channel
+                    .basic_qos(MAX_BATCH as u16, unchanged)
+                    .await?;
+            }
+            Ok(())
+        };
+        match timeout_at(taken.clean_up_until, settle).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(failed("poll", error)),
+            Err(_) => {
+                // Closing the channel requeues whatever is still unacked.
+                poison(taken.lane.channel.clone());
+                Err(BrokerError::Timeout("poll clean-up"))
+            }
+        }
+    }
+}
+
+/// Most time a released consumer gets to stop and give its messages back before its
+/// channel is closed instead (which also gives them back, but ends the lane's polls).
+pub(super) const RELEASE_BUDGET: Duration = Duration::from_secs(30);
+
+/// Gives back, in the background, a consumer that no poll will read: cancels it and
+/// requeues what it delivered, with `deliveries` already taken from it. Closing the
+/// shared lane would do the same but also end every other poll held on it, so that is
+/// only the last resort, for a channel the broker no longer answers on.
+pub(super) fn release(
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+    mut deliveries: Vec<Delivery>,
+) {
+    tokio::spawn(async move {
+        let give_back = async {
+            // A consumer already cancelled refuses a second cancel; its stream has
+            // ended, so the drain below finishes at once.
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            while let Some(delivery) = consumer.next().await {
+                deliveries.push(delivery?);
+            }
+            for delivery in &deliveries {
+                let requeue = BasicRejectOptions { requeue: true };
+                delivery.acker.reject(requeue).await?;
+            }
+            lapin::Result::Ok(())
+        };
+        if !matches!(
+            tokio::time::timeout(RELEASE_BUDGET, give_back).await,
+            Ok(Ok(()))
+        ) {
+            poison(channel);
+        }
+    });
+}
+
+/// Deliveries taken from a queue and not yet settled, and the lane they came on (acks
+/// must go back on the same channel).
+struct Taken {
+    lane: Lane,
+    queue: String,
+    deliveries: Vec<Delivery>,
+    /// When the settlement must be done: the poll's clean-up started as the wait ended.
+    clean_up_until: Instant,
+}
+
+impl Taken {
+    fn events(&self) -> impl Iterator<Item = Option<Event>> + '_ {
+        self.deliveries
+            .iter()
+            .map(|delivery| decode(&self.queue, delivery))
+    }
+}
+
+/// Stops the consumer, collects deliveries that raced with the stop and, if the wait
+/// ended with a delivery, tops the batch up to `limit` from the queue.
+async fn collect_rest(
+    channel: &Channel,
+    consumer: &mut lapin::Consumer,
+    consumer_ended: bool,
+    queue: &str,
+    deliveries: &mut Vec<Delivery>,
+    limit: usize,
+) -> lapin::Result<()> {
+    if !consumer_ended {
+        channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await?;
+        // Deliveries sent before cancel-ok are ours; the stream ends after them.
+        while let Some(delivery) = consumer.next().await {
+            deliveries.push(delivery?);
+        }
+    }
+    if !deliveries.is_empty() {
+        while deliveries.len() < limit {
+            match channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await?
+            {
+                Some(message) => deliveries.push(message.delivery),
+                None => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Poll for RabbitBroker {
+    async fn wait_for_events(
+        &self,
+        subscriber: &Subscriber,
+        budget: &PollBudget,
+    ) -> Result<Vec<Event>, BrokerError> {
+        self.make_room(subscriber).await?;
+        let taken = self.take(subscriber, budget, MAX_BATCH).await?;
+        // A failed settle may still have removed some of the batch (acks have no
+        // reply): answer with all of it, since what stayed queued comes again under
+        // the same ids, rather than answer 503 and lose the rest.
+        if let Err(error) = self.settle(&taken, |_| true).await {
+            warn!(%error, "acks failed; answering with the batch, the unacked part will come again");
+        }
+        // A message that is not an event was acked too: left in the queue it would
+        // block every later poll.
+        Ok(taken.events().flatten().collect())
+    }
+
+    async fn wait_with_cursor(
+        &self,
+        subscriber: &Subscriber,
+        acked: &str,
+        budget: &PollBudget,
+    ) -> Result<Vec<Event>, BrokerError> {
+        self.make_room(subscriber).await?;
+        let mut acked = Some(acked);
+        loop {
+            // The whole queue (it keeps at most 100) plus what arrives while we read it.
+            let taken = self
+                .take(subscriber, budget, MAX_QUEUE_LENGTH + MAX_BATCH)
+                .await?;
+            let events: Vec<Option<Event>> = taken.events().collect();
+            // The acknowledged prefix goes; on later rounds nothing is acknowledged.
+            let acked_through = acked.take().and_then(|acked| {
+                events
+                    .iter()
+                    .position(|event| event.as_ref().is_some_and(|event| event.id == acked))
+            });
+            let prefix = acked_through.map_or(0, |position| position + 1);
+            // The client can only have received a message that was delivered before:
+            // one in the prefix that never was (`redelivered` false) overtook the
+            // requeue of earlier ones (a reject travels on another channel than this
+            // consume, and the queue may see them in either order), so it stays.
+            let acked = |index: usize| {
+                index < prefix
+                    && (taken.deliveries[index].redelivered || Some(index) == acked_through)
+            };
+            // A message that is not an event goes wherever it is: requeued, it would
+            // come back on every poll.
+            self.settle(&taken, |index| acked(index) || events[index].is_none())
+                .await?;
+            let kept: Vec<Event> = events
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| !acked(*index))
+                .filter_map(|(_, event)| event)
+                .collect();
+            if !kept.is_empty() || Instant::now() >= budget.hold_until() {
+                return Ok(kept.into_iter().take(MAX_BATCH).collect());
+            }
+        }
+    }
+}

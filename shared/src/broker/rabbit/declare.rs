@@ -1,0 +1,192 @@
+//! A subscriber's queue: declared and bound (with its binding record, so keys the
+//! token no longer names are unbound), remembered for a while so that the user's next
+//! polls skip it, and deleted when the user's device cap evicts it.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use lapin::{
+    BasicProperties,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use tokio::time::Instant;
+
+use super::{RabbitBroker, codec::field_table, publish::DEFAULT_EXCHANGE, session::OwnLane};
+use crate::{
+    broker::BrokerError,
+    topology::{
+        Subscriber, binding_record_arguments, binding_record_queue_name, user_queue_arguments,
+    },
+};
+
+/// How long a queue this process declared and bound is taken as still there, so a
+/// user's next polls skip the declare and binds (one round trip instead of several).
+/// Far below the queue's 30-minute `x-expires`, which only runs while it is unused.
+const DECLARED_FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// Queue → (routing keys bound, when): the queues declared recently by this process.
+#[derive(Default)]
+pub(super) struct Declared(Mutex<HashMap<String, (Vec<String>, Instant)>>);
+
+impl Declared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<String>, Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `queue` was declared and bound to exactly `keys` lately.
+    pub fn recently(&self, queue: &str, keys: &[String]) -> bool {
+        self.lock()
+            .get(queue)
+            .is_some_and(|(bound, at)| bound == keys && at.elapsed() < DECLARED_FRESH_FOR)
+    }
+
+    pub fn remember(&self, queue: &str, keys: &[String]) {
+        let mut declared = self.lock();
+        if declared.len() >= 10_000 {
+            declared.retain(|_, (_, at)| at.elapsed() < DECLARED_FRESH_FOR);
+        }
+        declared.insert(queue.to_owned(), (keys.to_vec(), Instant::now()));
+    }
+
+    /// The queue may be gone: the next poll declares it again.
+    pub fn forget(&self, queue: &str) {
+        self.lock().remove(queue);
+    }
+}
+
+impl RabbitBroker {
+    /// Counts the subscriber's device in and, past the user's device cap, deletes the
+    /// queue of their least recently polled device (and its binding record); a poll
+    /// held on it ends with nothing, since the broker cancels its consumer.
+    pub(super) async fn make_room(&self, subscriber: &Subscriber) -> Result<(), BrokerError> {
+        let Some(evicted) = self.devices.admit(subscriber) else {
+            return Ok(());
+        };
+        let queue = evicted.queue_name();
+        self.declared.forget(&queue);
+        let deadline = Instant::now() + self.connector.op_timeout;
+        self.run_on("device queue delete", deadline, |lane: OwnLane| {
+            let queue = queue.clone();
+            async move {
+                let record = binding_record_queue_name(&queue);
+                let nowait = QueueDeleteOptions {
+                    nowait: true,
+                    ..Default::default()
+                };
+                lane.channel
+                    .queue_delete(record.as_str().into(), nowait)
+                    .await?;
+                lane.channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
+                lane.finished();
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Declares `queue`, binds it to `keys` and unbinds the keys it was bound to before
+    /// and is no longer (a token moved to another college, or lost its college), on a
+    /// channel of its own, waiting for the broker's answer. A refusal (a queue limit, a
+    /// precondition) closes only that channel, so it fails only this poll, never the
+    /// polls held on the shared lanes. One round trip, plus one when the keys changed.
+    pub(super) async fn declare_subscriber_queue(
+        &self,
+        queue: &str,
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<(), BrokerError> {
+        let exchange = self.exchange();
+        self.run_on("queue declare", deadline, |lane: OwnLane| async move {
+            let channel = &lane.channel;
+            // Pipelined: only the last method waits, and its reply vouches for all the
+            // others, since a channel runs its methods in order and a refusal closes it.
+            let declare = QueueDeclareOptions {
+                durable: true,
+                nowait: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(queue.into(), declare, field_table(user_queue_arguments()))
+                .await?;
+            for key in keys {
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        exchange.into(),
+                        key.as_str().into(),
+                        QueueBindOptions { nowait: true },
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            let record = binding_record_queue_name(queue);
+            channel
+                .queue_declare(
+                    record.as_str().into(),
+                    declare,
+                    field_table(binding_record_arguments()),
+                )
+                .await?;
+            let previous = channel
+                .basic_get(record.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+                .map(|message| message.delivery);
+            let current = keys.join(" ");
+            match previous {
+                Some(previous) if previous.data == current.as_bytes() => {
+                    previous
+                        .acker
+                        .reject(BasicRejectOptions { requeue: true })
+                        .await?;
+                }
+                previous => {
+                    if let Some(previous) = &previous {
+                        let previous = String::from_utf8_lossy(&previous.data);
+                        let stale = previous
+                            .split(' ')
+                            .filter(|key| !key.is_empty() && !keys.iter().any(|k| k == key));
+                        for key in stale {
+                            channel
+                                .queue_unbind(
+                                    queue.into(),
+                                    exchange.into(),
+                                    key.into(),
+                                    FieldTable::default(),
+                                )
+                                .await?;
+                        }
+                    }
+                    // The new record first, then the old one goes: a crash in between
+                    // leaves two, and the record queue's length limit drops the older.
+                    // Transient: confirmed without a disk write, which a herd of new
+                    // users would wait on; a broker restart forgets it, and the next
+                    // college change after one leaves the old binding to the queue's
+                    // expiry.
+                    channel
+                        .basic_publish(
+                            DEFAULT_EXCHANGE.into(),
+                            record.as_str().into(),
+                            BasicPublishOptions::default(),
+                            current.as_bytes(),
+                            BasicProperties::default(),
+                        )
+                        .await?
+                        .await?;
+                    if let Some(previous) = previous {
+                        previous.acker.ack(BasicAckOptions::default()).await?;
+                    }
+                }
+            }
+            lane.finished();
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,136 @@
+//! The retry runner: every broker operation goes through [`RabbitBroker::run_on`], which
+//! borrows a lane, waits its turn, bounds the wait and retries once on a fresh
+//! connection; and the mapping of lapin's errors to [`BrokerError`].
+
+use std::future::Future;
+
+use lapin::protocol::AMQPErrorKind;
+use tokio::{
+    sync::Semaphore,
+    time::{Instant, timeout_at},
+};
+use tracing::warn;
+
+use super::{RabbitBroker, session::Borrow};
+use crate::{broker::BrokerError, telemetry::Throttle};
+
+/// Most broker operations of one stage in flight at once per process. Enough to keep
+/// the broker busy; more only lengthens every answer until they all time out together.
+const MAX_OPERATIONS_IN_FLIGHT: usize = 64;
+
+impl RabbitBroker {
+    /// Runs `operation` on a borrowed channel (a shared [`Lane`] or an
+    /// [`super::session::OwnLane`], as `operation` takes), within one round-trip timeout
+    /// and the caller's deadline; on failure tries once more (on a fresh connection if the
+    /// old one died).
+    pub(super) async fn run_on<L, T, F, Fut>(
+        &self,
+        name: &'static str,
+        deadline: Instant,
+        operation: F,
+    ) -> Result<T, BrokerError>
+    where
+        L: Borrow,
+        F: Fn(L) -> Fut,
+        Fut: Future<Output = lapin::Result<T>>,
+    {
+        let mut attempts_left = 2;
+        loop {
+            attempts_left -= 1;
+            let session = self.connector.session(deadline).await?;
+            // Wait for a turn before talking to the broker: a burst of polls queues here
+            // instead of flooding it, where every answer would slow down together.
+            let _turn = timeout_at(deadline, self.turns.of(name).acquire())
+                .await
+                .map_err(|_| BrokerError::Timeout(name))?
+                .expect("the semaphore is never closed");
+            // One round trip's time, when this is the only operation on the connection:
+            // no answer then means a dead socket (a frozen Lambda thawed), worth a retry
+            // on a fresh connection. Under load a slow answer says nothing about the
+            // connection (heartbeats watch it), so the operation may take until its
+            // deadline: a herd's set-ups wait for the broker within their polls' hold
+            // instead of failing at the first slow step.
+            let alone = session.load() == 0;
+            let step_deadline = if alone {
+                deadline.min(Instant::now() + self.connector.op_timeout)
+            } else {
+                deadline
+            };
+            let error = match timeout_at(step_deadline, L::borrow(&session)).await {
+                Err(_) => BrokerError::Timeout(name),
+                Ok(Err(error)) => failed(name, error),
+                Ok(Ok(lane)) => {
+                    match timeout_at(step_deadline, operation(lane)).await {
+                        Ok(Ok(value)) => return Ok(value),
+                        Ok(Err(error)) => failed(name, error),
+                        Err(_) => {
+                            // Abandoned midway. A late reply is harmless (a consume
+                            // gives its consumer back by itself, see start_consumer);
+                            // closing the lane would end every poll held on it.
+                            // Alone yet no answer: the socket is likely half-open.
+                            if alone && step_deadline < deadline && session.load() == 0 {
+                                self.connector.discard(&session).await;
+                            }
+                            BrokerError::Timeout(name)
+                        }
+                    }
+                }
+            };
+            let refused = matches!(error, BrokerError::Refused { .. });
+            if refused {
+                session.note_refusal();
+            }
+            if refused || attempts_left == 0 || Instant::now() >= deadline {
+                return Err(error);
+            }
+            static RETRYING: Throttle = Throttle::per_second();
+            if let Some(suppressed) = RETRYING.allow() {
+                warn!(operation = name, %error, suppressed, "broker operation failed; retrying");
+            }
+        }
+    }
+}
+
+/// The queues of turns of [`RabbitBroker::turns`].
+pub(super) struct Turns {
+    presence: Semaphore,
+    declare: Semaphore,
+    consume: Semaphore,
+    other: Semaphore,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        let turns = || Semaphore::new(MAX_OPERATIONS_IN_FLIGHT);
+        Self {
+            presence: turns(),
+            declare: turns(),
+            consume: turns(),
+            other: turns(),
+        }
+    }
+}
+
+impl Turns {
+    /// The queue an operation named `name` waits in.
+    fn of(&self, name: &str) -> &Semaphore {
+        match name {
+            "presence" => &self.presence,
+            "queue declare" => &self.declare,
+            "poll set-up" => &self.consume,
+            _ => &self.other,
+        }
+    }
+}
+
+pub(super) fn failed(operation: &'static str, error: lapin::Error) -> BrokerError {
+    let reason = error.to_string();
+    match error.kind() {
+        // A soft error is the broker closing one channel over one request it refused
+        // (403, 404, 405, 406); the connection and its other channels carry on.
+        lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)) => {
+            BrokerError::Refused { operation, reason }
+        }
+        _ => BrokerError::Failed { operation, reason },
+    }
+}
