@@ -1,7 +1,7 @@
 //! Benchmarks that print figures (never pass/fail timing tests: the machine is shared
 //! and noisy), and the soak, which does pass or fail, on what it counts.
 //!
-//! - [`suite`]: every figure the README quotes, as tables; starts its own servers.
+//! - [`suite`]: every figure of bench/RESULTS.md, as tables; starts its own servers.
 //! - [`load`]: the load the HTTP benchmarks share: users holding polls while events
 //!   are published to random users, each event followed to the poll that returns it.
 //! - [`held`]: that load against a running server, reporting capacity.

@@ -1,4 +1,4 @@
-//! `longpoll-bench suite`: every figure the README quotes, in one run, as Markdown
+//! `longpoll-bench suite`: every figure of bench/RESULTS.md, in one run, as Markdown
 //! tables. It starts its own servers (`longpoll-local`, and the guide's algorithm as a
 //! baseline) on the broker at `AMQP_URL`, runs each measurement several times and
 //! prints medians; `scripts/bench` runs it on a private RabbitMQ node.

@@ -1,4 +1,5 @@
-//! Settings from the environment. Names and defaults follow the contract (README, "Configuration").
+//! Settings from the environment. Names and defaults follow the contract (the table
+//! in docs/operations.md, "Configuration").
 
 use std::{env, fmt, time::Duration};
 

@@ -1,6 +1,6 @@
 """Publish an event the way the Django backend does: pika, no code of ours.
 
-This is the producer guide's snippet (README, "Publishing from Python"), run by
+This is the producer guide's snippet (docs/contract.md, "Publishing over AMQP"), run by
 tests/interop.rs:  python producer.py AMQP_URL ROUTING_KEY '{"event": ..., "data": ...}'
 It prints the message id it set.
 """

@@ -1,6 +1,6 @@
 """Mint a user token the way the Django backend does: PyJWT, no code of ours.
 
-This is the producer guide's snippet (README, "User tokens from Python"), run by
+This is the producer guide's snippet (docs/contract.md, "Publishing over AMQP"), run by
 tests/interop.rs:  python tokens.py SECRET USER_ID LIFETIME_SECONDS [COLLEGE_ID]
 A negative lifetime makes an expired token.
 """
