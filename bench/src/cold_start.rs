@@ -13,17 +13,9 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use axum::{
-    Router,
-    body::Bytes,
-    extract::{Path as UrlPath, State},
-    http::{HeaderMap, HeaderValue, StatusCode},
-    routing::{get, post},
-};
 use longpoll::{
     Broker,
     broker::Publication,
@@ -31,143 +23,14 @@ use longpoll::{
     token::TokenIssuer,
     topology::{Audience, Subscriber, UserId},
 };
+use longpoll_tests::runtime_api::{Outcome, RuntimeApi};
 use serde_json::Value;
-use tokio::{
-    net::TcpListener,
-    sync::{Mutex, mpsc},
-    time::Instant,
-};
+use tokio::time::Instant;
 
 use crate::{load, probes, stats};
 
 /// An API Gateway HTTP API (payload 2.0) request for `poll/events/`, as the tests use.
 const POLL_EVENT: &str = include_str!("../../tests/fixtures/poll-events.json");
-
-/// What the runtime API saw of the function.
-enum Seen {
-    /// Its first (or a later) `invocation/next`.
-    Next(Instant),
-    /// A response (status code of the HTTP response inside, and its body).
-    Response(Instant, Value),
-    Error(String),
-}
-
-struct Runtime {
-    invocations: Mutex<mpsc::Receiver<String>>,
-    seen: mpsc::UnboundedSender<Seen>,
-}
-
-/// The Runtime API on a loopback port: hands out queued invocations, reports what the
-/// function does.
-pub struct RuntimeApi {
-    pub address: String,
-    invoke: mpsc::Sender<String>,
-    seen: mpsc::UnboundedReceiver<Seen>,
-}
-
-impl RuntimeApi {
-    pub async fn start() -> RuntimeApi {
-        let (invoke, invocations) = mpsc::channel(16);
-        let (seen_tx, seen) = mpsc::unbounded_channel();
-        let state = Arc::new(Runtime {
-            invocations: Mutex::new(invocations),
-            seen: seen_tx,
-        });
-        let router = Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
-            )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-            .route("/2018-06-01/runtime/init/error", post(init_error))
-            .with_state(state);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        RuntimeApi {
-            address,
-            invoke,
-            seen,
-        }
-    }
-
-    /// Queues one invocation with this event.
-    pub async fn invoke(&self, event: String) {
-        self.invoke.send(event).await.unwrap();
-    }
-
-    /// The next thing the function did that is not an `invocation/next`, and the time
-    /// of the first `invocation/next` before it, if any.
-    async fn outcome(&mut self) -> (Option<Instant>, Instant, Value) {
-        let mut ready = None;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(30), self.seen.recv()).await {
-                Ok(Some(Seen::Next(at))) => {
-                    ready.get_or_insert(at);
-                }
-                Ok(Some(Seen::Response(at, body))) => return (ready, at, body),
-                Ok(Some(Seen::Error(error))) => panic!("the function failed: {error}"),
-                Ok(None) | Err(_) => panic!("the function did not answer within 30 s"),
-            }
-        }
-    }
-}
-
-async fn next(State(runtime): State<Arc<Runtime>>) -> (HeaderMap, String) {
-    let _ = runtime.seen.send(Seen::Next(Instant::now()));
-    let event = runtime
-        .invocations
-        .lock()
-        .await
-        .recv()
-        .await
-        .unwrap_or_default();
-    let deadline = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        + Duration::from_secs(7);
-    let mut headers = HeaderMap::new();
-    let id = uuid::Uuid::new_v4().to_string();
-    headers.insert(
-        "lambda-runtime-aws-request-id",
-        HeaderValue::from_str(&id).unwrap(),
-    );
-    headers.insert(
-        "lambda-runtime-deadline-ms",
-        HeaderValue::from_str(&deadline.as_millis().to_string()).unwrap(),
-    );
-    headers.insert(
-        "lambda-runtime-invoked-function-arn",
-        HeaderValue::from_static("arn:aws:lambda:eu-west-1:123456789012:function:bench"),
-    );
-    headers.insert(
-        "lambda-runtime-trace-id",
-        HeaderValue::from_static("Root=1-00000000-000000000000000000000000;Sampled=0"),
-    );
-    (headers, event)
-}
-
-async fn response(
-    State(runtime): State<Arc<Runtime>>,
-    UrlPath(_id): UrlPath<String>,
-    body: Bytes,
-) -> StatusCode {
-    let body = serde_json::from_slice(&body).unwrap_or_default();
-    let _ = runtime.seen.send(Seen::Response(Instant::now(), body));
-    StatusCode::ACCEPTED
-}
-
-async fn error(State(runtime): State<Arc<Runtime>>, body: Bytes) -> StatusCode {
-    let _ = runtime
-        .seen
-        .send(Seen::Error(String::from_utf8_lossy(&body).into_owned()));
-    StatusCode::ACCEPTED
-}
-
-async fn init_error(state: State<Arc<Runtime>>, body: Bytes) -> StatusCode {
-    error(state, body).await
-}
 
 /// One cold start's figures, in milliseconds.
 pub struct ColdStart {
@@ -192,7 +55,7 @@ pub async fn measure(
     starts: usize,
     invocations: usize,
 ) -> FunctionFigures {
-    let mut runtime = RuntimeApi::start().await;
+    let runtime = RuntimeApi::start().await;
     let user = UserId(load::fresh_user_base());
     let subscriber = Subscriber {
         user_id: user,
@@ -217,16 +80,19 @@ pub async fn measure(
         invocations,
     };
     for _ in 0..starts {
+        // A Runtime API per start, so its first `invocation/next` is this process's.
+        let runtime = RuntimeApi::start().await;
         publish(broker, user).await;
-        runtime.invoke(event.clone()).await;
+        let invocation = runtime.invoke(event.clone(), INVOCATION_TIMEOUT);
         let spawned = Instant::now();
         let mut child = spawn(bootstrap, &runtime.address, amqp_url);
-        let (ready, answered, body) = runtime.outcome().await;
+        let (body, answered) = answer(invocation).await;
         let _ = child.kill();
         let _ = child.wait();
         check_answer(&body);
+        let ready = runtime.first_next().expect("invocation/next came first");
         figures.starts.push(ColdStart {
-            ready_ms: (ready.expect("invocation/next came first") - spawned).as_secs_f64() * 1e3,
+            ready_ms: (ready - spawned).as_secs_f64() * 1e3,
             answered_ms: (answered - spawned).as_secs_f64() * 1e3,
         });
     }
@@ -234,14 +100,25 @@ pub async fn measure(
     let mut child = spawn(bootstrap, &runtime.address, amqp_url);
     for _ in 0..invocations {
         publish(broker, user).await;
-        runtime.invoke(event.clone()).await;
-        let (_, _, body) = runtime.outcome().await;
+        let (body, _) = answer(runtime.invoke(event.clone(), INVOCATION_TIMEOUT)).await;
         check_answer(&body);
     }
     figures.peak_rss_kib = stats::status_kib(child.id(), "VmHWM");
     let _ = child.kill();
     let _ = child.wait();
     figures
+}
+
+/// Each invocation's deadline, as the template's function timeout sets it.
+const INVOCATION_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// The function's answer to `invocation` and when it came, within 30 s.
+async fn answer(invocation: longpoll_tests::runtime_api::Invocation) -> (Value, Instant) {
+    match tokio::time::timeout(Duration::from_secs(30), invocation.outcome()).await {
+        Ok(Some(Outcome::Response { body, at })) => (body, at),
+        Ok(Some(Outcome::Error(error))) => panic!("the function failed: {error}"),
+        Ok(None) | Err(_) => panic!("the function did not answer within 30 s"),
+    }
 }
 
 fn spawn(bootstrap: &Path, runtime_api: &str, amqp_url: &str) -> std::process::Child {

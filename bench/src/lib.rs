@@ -10,6 +10,8 @@
 //! - [`soak`]: that load in cursor mode with the broker connections killed periodically.
 //! - [`probes`]: queued-event answers, idle holds, publish throughput.
 //! - [`cold_start`]: the function binaries under a loopback Lambda Runtime API.
+//! - [`managed`]: one poll-events process holding many polls, as on Lambda Managed
+//!   Instances: its memory and CPU per thousand held polls.
 //! - [`latency`]: the poll handler called in-process, no HTTP.
 //! - [`guide`]: the baseline, the design guide's `basic_get` every 0.3 s.
 //! - [`server`], [`stats`]: child server processes; percentiles, medians, RSS.
@@ -20,6 +22,7 @@ pub mod held;
 pub mod herd;
 pub mod latency;
 pub mod load;
+pub mod managed;
 pub mod probes;
 pub mod server;
 pub mod soak;

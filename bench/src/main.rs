@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use longpoll::{Config, RabbitBroker};
-use longpoll_bench::{guide::GuideBaseline, held, herd, latency, soak, suite};
+use longpoll_bench::{guide::GuideBaseline, held, herd, latency, managed, soak, suite};
 use longpoll_local::{BrokerKind, Functions, cors, serve};
 
 #[derive(Parser)]
@@ -42,6 +42,17 @@ enum Command {
         /// Presence lookups of 100 offline users after the herds.
         #[arg(long, default_value_t = 1000)]
         lookups: usize,
+    },
+    /// Lambda Managed Instances: one poll-events process (`--binary`, run against a Runtime
+    /// API on loopback) holding `--polls` polls at once on AMQP_URL, whose node is
+    /// `--node`; prints its memory and CPU per thousand held polls.
+    Managed {
+        #[arg(long)]
+        binary: std::path::PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        polls: Vec<usize>,
     },
     /// Pollers in cursor mode while the broker's connections are killed periodically;
     /// exits 1 if an event was lost or duplicated, or a 5xx other than 503 came back.
@@ -83,6 +94,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             users,
             lookups,
         } => herd::run(&url, &node, &users, lookups).await,
+        Command::Managed {
+            binary,
+            node,
+            polls,
+        } => managed::run(&binary, &node, &polls).await?,
         Command::Soak {
             url,
             pollers,

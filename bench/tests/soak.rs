@@ -31,7 +31,7 @@ async fn a_minute_of_pollers_and_connection_kills_loses_and_duplicates_nothing()
         seconds: 60,
         publish_rate: 50,
         kill_every: Duration::from_secs(15),
-        node: format!("longpoll-{}@localhost", node.port),
+        node: node.name(),
         // The server runs in this process: its RSS includes the pollers'.
         server_pid: Some(std::process::id()),
         cursor: true,

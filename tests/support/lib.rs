@@ -7,7 +7,9 @@
 //! one shared broker without seeing each other's events, and leave only queues that
 //! expire on their own.
 
+pub mod managed;
 pub mod private_node;
+pub mod runtime_api;
 pub mod scenario;
 pub mod watch;
 
@@ -276,7 +278,12 @@ impl Fixture {
     }
 
     pub fn request(&self) -> Request {
-        lambda_http::request::from_str(&self.event.to_string()).expect("a valid API Gateway event")
+        lambda_http::request::from_str(&self.event()).expect("a valid API Gateway event")
+    }
+
+    /// The event as API Gateway sends it to Lambda (JSON), for a Runtime API.
+    pub fn event(&self) -> String {
+        self.event.to_string()
     }
 }
 

@@ -33,9 +33,14 @@ impl PrivateNode {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The node's name, for `rabbitmqctl -n`.
+    pub fn name(&self) -> String {
+        format!("longpoll-{}@localhost", self.port)
+    }
+
     /// `rabbitmqctl` against this node; its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let node = format!("longpoll-{}@localhost", self.port);
+        let node = self.name();
         let output = Command::new("rabbitmqctl")
             .args(["-n", &node, "-q"])
             .args(args)

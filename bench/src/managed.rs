@@ -1,0 +1,51 @@
+//! `longpoll-bench managed`: one poll-events process serving many invocations at once,
+//! as on Lambda Managed Instances (`longpoll_tests::managed` drives it), and what that
+//! costs the process: resident memory and CPU, per thousand held polls.
+
+use std::path::Path;
+
+use longpoll_tests::managed::{hold_in_one_process, status};
+
+/// One run per count in `polls`, each with fresh users, on the broker at AMQP_URL.
+pub async fn run(
+    binary: &Path,
+    node: &str,
+    polls: &[usize],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let amqp_url = std::env::var("AMQP_URL")?;
+    println!(
+        "| held polls in one process | AMQP connections | answered 200 with their event | RSS held | RSS per 1,000 held | peak RSS | CPU to hold them all | CPU for the round, per 1,000 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut rss = Vec::new();
+    for &count in polls {
+        let held = hold_in_one_process(binary, &amqp_url, node, count).await;
+        let delivered = held
+            .answers
+            .iter()
+            .filter(|(answer, _)| status(answer) == 200)
+            .count();
+        let per_thousand = 1000.0 / count as f64;
+        let mib = |kib: usize| kib as f64 / 1024.0;
+        println!(
+            "| {count} | {} | {delivered} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} s | {:.2} s |",
+            held.connections,
+            mib(held.rss_kib),
+            mib(held.rss_kib) * per_thousand,
+            mib(held.peak_rss_kib),
+            held.cpu_setting_up.as_secs_f64(),
+            held.cpu_round.as_secs_f64() * per_thousand,
+        );
+        rss.push((count, held.rss_kib));
+    }
+    // What each further held poll costs, beyond the process's own footprint.
+    if let (Some(&(fewest, low)), Some(&(most, high))) = (rss.first(), rss.last())
+        && most > fewest
+    {
+        let per_thousand = (high as f64 - low as f64) / 1024.0 / (most - fewest) as f64 * 1000.0;
+        println!(
+            "\nFrom {fewest} to {most} held polls: {per_thousand:.1} MiB more per 1,000 held polls."
+        );
+    }
+    Ok(())
+}

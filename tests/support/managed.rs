@@ -1,0 +1,245 @@
+//! One `poll-events` process serving many invocations at once, as on Lambda Managed
+//! Instances: the binary runs with `AWS_LAMBDA_MAX_CONCURRENCY=N` against a
+//! [`RuntimeApi`] on loopback, every user's poll is held at once, then each user gets one
+//! event. Used by poll-events' `tests/managed_instances.rs` (which checks the outcome) and
+//! `longpoll-bench managed` (which prints the process's memory and CPU).
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use longpoll::{
+    Config, RabbitBroker,
+    broker::{Broker, Publication, Publish},
+    config::DEV_JWT_SECRET,
+    token::TokenIssuer,
+    topology::{Audience, UserId},
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::{
+    Fixture, message,
+    runtime_api::{Outcome, RuntimeApi},
+    unique_user,
+};
+
+/// The function timeout of the template: each invocation's deadline.
+pub const INVOCATION_TIMEOUT: Duration = Duration::from_secs(7);
+/// The name the function's AMQP connection carries.
+const FUNCTION_NAME: &str = "poll-events-managed";
+
+/// What one process did with `polls` users.
+pub struct HeldPolls {
+    /// Per user, in order: the function's answer (an API Gateway response) to the poll
+    /// that was held when the user's event was published, and how long it took from the
+    /// invocation.
+    pub answers: Vec<(Value, Duration)>,
+    /// AMQP connections the process had open while every poll was held.
+    pub connections: usize,
+    /// The process's resident memory while every poll was held, and its peak, in KiB.
+    pub rss_kib: usize,
+    pub peak_rss_kib: usize,
+    /// CPU time the process used from the first invocation of the held round until every
+    /// poll was held, and over the whole round.
+    pub cpu_setting_up: Duration,
+    pub cpu_round: Duration,
+}
+
+/// The function process; killed when dropped.
+struct Function(Child);
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `binary` (poll-events) with room for `polls` invocations at once on the broker at
+/// `amqp_url` (whose node `rabbitmqctl -n node` reaches), holds a poll for each of
+/// `polls` new users, and publishes each one event once all are held.
+pub async fn hold_in_one_process(
+    binary: &Path,
+    amqp_url: &str,
+    node: &str,
+    polls: usize,
+) -> HeldPolls {
+    let runtime = RuntimeApi::start().await;
+    let function = Function(
+        Command::new(binary)
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
+            .env("AWS_LAMBDA_MAX_CONCURRENCY", polls.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AMQP_URL", amqp_url)
+            .env("JWT_SECRET", DEV_JWT_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display())),
+    );
+    let pid = function.0.id();
+    let users: Vec<UserId> = (0..polls).map(|_| unique_user()).collect();
+    let tokens = TokenIssuer::new(DEV_JWT_SECRET.as_bytes());
+    let events: Vec<String> = users
+        .iter()
+        .map(|user| {
+            let token = tokens.mint(*user, None, None, Duration::from_secs(3600));
+            Fixture::new("poll-events")
+                .authorization(&format!("Bearer {token}"))
+                .event()
+        })
+        .collect();
+
+    // First polls declare every user's queue (a herd of new users at once); with nothing
+    // queued they answer empty after the hold. A poll whose set-up did not fit its hold
+    // answers 503 and polls again, as a client would.
+    let mut waiting: Vec<usize> = (0..polls).collect();
+    for _ in 0..5 {
+        let round: Vec<String> = waiting.iter().map(|&i| events[i].clone()).collect();
+        let answers = poll_all(&runtime, &round).await;
+        waiting = waiting
+            .into_iter()
+            .zip(&answers)
+            .filter(|(_, (answer, _))| status(answer) != 200)
+            .map(|(i, _)| i)
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        waiting.is_empty(),
+        "{} users never got a queue",
+        waiting.len()
+    );
+
+    // Every user's poll held at once; once every consumer is on the node, each user gets
+    // one event of their own.
+    let cpu_before = cpu_time(pid);
+    let held = poll_all(&runtime, &events);
+    let publisher = RabbitBroker::new(&Config::new(amqp_url, None, "managed-publisher"));
+    let publish = async {
+        let started = Instant::now();
+        while user_queue_consumers(node) < polls {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{} of {polls} polls held after 10 s",
+                user_queue_consumers(node)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let cpu_setting_up = cpu_time(pid) - cpu_before;
+        let rss_kib = status_kib(pid, "VmRSS");
+        let connections = ctl(node, &["list_connections", "client_properties"])
+            .matches(FUNCTION_NAME)
+            .count();
+        let batch: Vec<Publication> = users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| Publication {
+                audience: Audience::User(*user),
+                event: message(i as i64).prepare(),
+            })
+            .collect();
+        let receipts = publisher.publish(&batch).await.expect("publish");
+        assert!(receipts.iter().all(|receipt| receipt.routed));
+        (cpu_setting_up, rss_kib, connections)
+    };
+    let (answers, (cpu_setting_up, rss_kib, connections)) = tokio::join!(held, publish);
+    publisher.close().await;
+    HeldPolls {
+        answers,
+        connections,
+        rss_kib,
+        peak_rss_kib: status_kib(pid, "VmHWM"),
+        cpu_setting_up,
+        cpu_round: cpu_time(pid) - cpu_before,
+    }
+}
+
+/// Polls once for each event at the same time; each answer and how long it took. All of
+/// them are served at once or the process is not serving invocations concurrently: they
+/// must all answer within two invocation timeouts.
+async fn poll_all(runtime: &RuntimeApi, events: &[String]) -> Vec<(Value, Duration)> {
+    let invocations: Vec<_> = events
+        .iter()
+        .map(|event| runtime.invoke(event.clone(), INVOCATION_TIMEOUT))
+        .collect();
+    let all = async {
+        let mut answers = Vec::with_capacity(invocations.len());
+        for invocation in invocations {
+            let asked = invocation.queued_at;
+            match invocation.outcome().await {
+                Some(Outcome::Response { body, at }) => answers.push((body, at - asked)),
+                Some(Outcome::Error(error)) => panic!("the function failed an invocation: {error}"),
+                None => panic!("the Runtime API stopped"),
+            }
+        }
+        answers
+    };
+    tokio::time::timeout(2 * INVOCATION_TIMEOUT, all)
+        .await
+        .expect("every invocation is served at once, within two invocation timeouts")
+}
+
+/// The HTTP status of a function's answer.
+pub fn status(answer: &Value) -> u64 {
+    answer["statusCode"].as_u64().unwrap_or_default()
+}
+
+/// The events of a poll's answer.
+pub fn events_of(answer: &Value) -> Vec<Value> {
+    let body: Value = serde_json::from_str(answer["body"].as_str().unwrap_or("{}")).unwrap();
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn ctl(node: &str, args: &[&str]) -> String {
+    let output = Command::new("rabbitmqctl")
+        .args(["-n", node, "-q"])
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Consumers on users' queues, as the node counts them.
+fn user_queue_consumers(node: &str) -> usize {
+    ctl(node, &["list_consumers", "queue_name"])
+        .lines()
+        .filter(|line| line.starts_with("event_queue:user:"))
+        .count()
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
+}
+
+/// User plus system CPU time of the process so far (`/proc/<pid>/stat`, in clock ticks
+/// of 10 ms).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime, fields 14 and 15 of stat: 11 and 12 counting from the state.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
