@@ -73,7 +73,8 @@ fn template_routes(template: &Value) -> BTreeMap<String, String> {
             .as_str()
             .expect("each function names its binary");
         assert_eq!(resource["Metadata"]["BuildMethod"], "rust-cargolambda");
-        for (_, event) in resource["Properties"]["Events"].as_mapping().unwrap() {
+        let events = resource["Properties"]["Events"].as_mapping();
+        for (_, event) in events.into_iter().flatten() {
             assert_eq!(event["Type"], "HttpApi");
             let properties = &event["Properties"];
             // Every method reaches the function, which answers 405 with `Allow`.
@@ -83,7 +84,64 @@ fn template_routes(template: &Value) -> BTreeMap<String, String> {
             assert!(routes.insert(path, binary.to_owned()).is_none());
         }
     }
+    // Routes written out (the poll route: to whichever of its two conditional functions
+    // the stack has, standard or managed-instances, both the same binary).
+    let resources = &template["Resources"];
+    for (_, route) in resources.as_mapping().unwrap() {
+        if route["Type"] != "AWS::ApiGatewayV2::Route" {
+            continue;
+        }
+        let key = route["Properties"]["RouteKey"].as_str().unwrap();
+        let path = key
+            .strip_prefix("ANY ")
+            .expect("every method reaches the function");
+        let target = tagged_strings(&route["Properties"]["Target"], "Sub").concat();
+        let integration = &resources[target
+            .strip_prefix("integrations/${")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .expect("the target is an integration of this template")];
+        assert_eq!(integration["Properties"]["PayloadFormatVersion"], "2.0");
+        let binaries: Vec<&str> =
+            tagged_strings(&integration["Properties"]["IntegrationUri"], "Ref")
+                .iter()
+                .map(|reference| {
+                    let function = reference.trim_end_matches(".Alias");
+                    resources[function]["Metadata"]["BuildProperties"]["Binary"]
+                        .as_str()
+                        .unwrap()
+                })
+                .collect();
+        assert!(!binaries.is_empty() && binaries.iter().all(|b| *b == binaries[0]));
+        assert!(
+            routes
+                .insert(path.to_owned(), binaries[0].to_owned())
+                .is_none()
+        );
+    }
     routes
+}
+
+/// Every string under the CloudFormation tag `tag` (`!Ref`, `!Sub`) anywhere in `value`.
+fn tagged_strings(value: &Value, tag: &str) -> Vec<String> {
+    match value {
+        Value::Tagged(tagged) => {
+            if tagged.tag == tag
+                && let Some(text) = tagged.value.as_str()
+            {
+                return vec![text.to_owned()];
+            }
+            tagged_strings(&tagged.value, tag)
+        }
+        Value::Sequence(items) => items
+            .iter()
+            .flat_map(|item| tagged_strings(item, tag))
+            .collect(),
+        Value::Mapping(map) => map
+            .values()
+            .flat_map(|item| tagged_strings(item, tag))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The check that the mirrors agree: what the local server mounts ([`MOUNTS`]), what
@@ -136,7 +194,7 @@ fn the_template_timeouts_cover_the_poll_budget() {
         "the poll function fits in 128 MB"
     );
     let integration = Duration::from_millis(
-        function["Events"]["Poll"]["Properties"]["TimeoutInMillis"]
+        template["Resources"]["PollEventsIntegration"]["Properties"]["TimeoutInMillis"]
             .as_u64()
             .unwrap(),
     );
@@ -237,4 +295,50 @@ async fn the_local_server_serves_each_route_with_its_method() {
         .unwrap();
     let response = app.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// The guardrails of the deployment: polls cannot starve producers, standard mode caps
+/// its executions, managed instances hold as many polls per process as the
+/// managed-instances test proves one process holds, every log group expires, and prod logs
+/// warnings only.
+#[test]
+fn the_template_guards_concurrency_and_logs() {
+    let template = template();
+    let resources = &template["Resources"];
+    let publish = &resources["PublishEventFunction"]["Properties"];
+    assert!(!publish["ReservedConcurrentExecutions"].is_null());
+    let standard = &resources["PollEventsFunction"];
+    assert_eq!(standard["Condition"], "Standard");
+    assert!(!standard["Properties"]["ReservedConcurrentExecutions"].is_null());
+    let managed = &resources["PollEventsManagedFunction"];
+    assert_eq!(managed["Condition"], "Managed");
+    let capacity = &managed["Properties"]["CapacityProviderConfig"];
+    assert!(!capacity["Arn"].is_null());
+    assert_eq!(
+        resources["CapacityProvider"]["Type"],
+        "AWS::Lambda::CapacityProvider"
+    );
+    let per_process = &template["Parameters"]["PollsPerEnvironment"];
+    // poll-events' tests/managed_instances.rs holds this many polls in one process.
+    assert_eq!(per_process["Default"], 1000);
+    for (name, resource) in resources.as_mapping().unwrap() {
+        if resource["Type"] == "AWS::Logs::LogGroup" {
+            assert!(
+                !resource["Properties"]["RetentionInDays"].is_null(),
+                "{name:?} keeps logs forever"
+            );
+        }
+        if resource["Type"] == "AWS::Serverless::Function" {
+            let level = &resource["Properties"]["LoggingConfig"]["ApplicationLogLevel"];
+            let Value::Tagged(choice) = level else {
+                panic!("{name:?} picks its log level by stage: {level:?}");
+            };
+            assert_eq!(choice.tag, "If");
+            assert_eq!(
+                choice.value,
+                serde_norway::from_str::<Value>("[Prod, WARN, INFO]").unwrap(),
+                "{name:?}: WARN in prod"
+            );
+        }
+    }
 }
