@@ -4,9 +4,12 @@
 //! - `publish`: publish one event to a user or a college.
 //! - `tail`: follow a user's (or college's) events live, without consuming them.
 //! - `token`: mint a user token for local testing.
+//! - `cost`: the monthly cost and broker size of a deployment, by compute mode ([`cost`]).
 //!
 //! Settings come from the same environment as the functions (`AMQP_URL`,
 //! `EVENTS_EXCHANGE`, `JWT_SECRET`), with flags to override them.
+
+mod cost;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -92,6 +95,10 @@ enum Command {
         #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// Print the monthly cost (compute, requests, API Gateway or load balancer, logs,
+    /// broker) and the broker size for standard Lambda, Lambda Managed Instances and the
+    /// local server in containers, and from how many online users each is cheaper.
+    Cost(cost::CostArgs),
 }
 
 #[derive(Args)]
@@ -260,6 +267,10 @@ async fn run(command: Command) -> Result<(), String> {
                     Duration::from_secs(ttl)
                 )
             );
+            Ok(())
+        }
+        Command::Cost(args) => {
+            print!("{}", cost::report(&args)?);
             Ok(())
         }
     }

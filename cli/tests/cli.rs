@@ -224,3 +224,22 @@ fn every_subcommand_has_help() {
         );
     }
 }
+
+/// The README's cost section is `longpoll cost`'s output with the defaults, verbatim.
+#[test]
+fn the_readme_cost_section_is_the_cost_commands_output() {
+    let output = longpoll(&["cost"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split_once("<!-- longpoll cost -->\n")
+        .and_then(|(_, rest)| rest.split_once("<!-- /longpoll cost -->"))
+        .map(|(section, _)| section)
+        .expect("the README has a cost section");
+    assert_eq!(
+        section,
+        text(&output.stdout),
+        "run `longpoll cost` and paste its output"
+    );
+}
