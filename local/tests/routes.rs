@@ -318,6 +318,19 @@ fn the_template_guards_concurrency_and_logs() {
         resources["CapacityProvider"]["Type"],
         "AWS::Lambda::CapacityProvider"
     );
+    // A shared lane (channel) carries up to 256 consumers; RabbitMQ 4 brokers get the
+    // limits raised.
+    let limits = tagged_strings(
+        &resources["BrokerConfiguration"]["Properties"]["Data"],
+        "Sub",
+    )
+    .concat();
+    let per_channel: u64 = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("consumer_max_per_channel = "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the broker configuration sets consumers per channel");
+    assert!(per_channel >= 256, "{per_channel}");
     let per_process = &template["Parameters"]["PollsPerEnvironment"];
     // poll-events' tests/managed_instances.rs holds this many polls in one process.
     assert_eq!(per_process["Default"], 1000);
