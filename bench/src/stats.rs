@@ -18,15 +18,7 @@ pub fn median(values: &[f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// A field of `/proc/<pid>/status` in KiB: `VmRSS` (now) or `VmHWM` (peak).
-pub fn status_kib(pid: u32, field: &str) -> Option<usize> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| {
-        line.strip_prefix(field)
-            .is_some_and(|rest| rest.starts_with(':'))
-    })?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+pub use longpoll_tests::process::status_kib;
 
 /// The process's resident memory now, in KiB.
 pub fn rss_kib(pid: u32) -> Option<usize> {

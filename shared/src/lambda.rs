@@ -21,9 +21,8 @@ where
     Fut: Future<Output = Result<Response<Body>, Error>> + Send + 'static,
 {
     let state = Arc::new(state);
-    let runtime = lambda_http::run_concurrent(service_fn(move |request| {
-        handler.clone()(state.clone(), request)
-    }));
+    let runtime =
+        lambda_http::run_concurrent(service_fn(move |request| handler(state.clone(), request)));
     let result = tokio::select! {
         result = runtime => result,
         () = stop_requested() => Ok(()),

@@ -9,6 +9,7 @@
 
 pub mod managed;
 pub mod private_node;
+pub mod process;
 pub mod runtime_api;
 pub mod scenario;
 pub mod watch;

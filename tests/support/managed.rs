@@ -22,6 +22,8 @@ use tokio::time::Instant;
 
 use crate::{
     Fixture, message,
+    private_node::ctl,
+    process::{cpu_time, status_kib},
     runtime_api::{Outcome, RuntimeApi},
     unique_user,
 };
@@ -135,7 +137,7 @@ pub async fn hold_in_one_process(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let cpu_setting_up = cpu_time(pid) - cpu_before;
-        let rss_kib = status_kib(pid, "VmRSS");
+        let rss_kib = status_kib(pid, "VmRSS").unwrap_or_default();
         let connections = ctl(node, &["list_connections", "client_properties"])
             .matches(FUNCTION_NAME)
             .count();
@@ -157,7 +159,7 @@ pub async fn hold_in_one_process(
         answers,
         connections,
         rss_kib,
-        peak_rss_kib: status_kib(pid, "VmHWM"),
+        peak_rss_kib: status_kib(pid, "VmHWM").unwrap_or_default(),
         cpu_setting_up,
         cpu_round: cpu_time(pid) - cpu_before,
     }
@@ -199,47 +201,10 @@ pub fn events_of(answer: &Value) -> Vec<Value> {
     body["events"].as_array().cloned().unwrap_or_default()
 }
 
-fn ctl(node: &str, args: &[&str]) -> String {
-    let output = Command::new("rabbitmqctl")
-        .args(["-n", node, "-q"])
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// Consumers on users' queues, as the node counts them.
 fn user_queue_consumers(node: &str) -> usize {
     ctl(node, &["list_consumers", "queue_name"])
         .lines()
         .filter(|line| line.starts_with("event_queue:user:"))
         .count()
-}
-
-/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_default()
-}
-
-/// User plus system CPU time of the process so far (`/proc/<pid>/stat`, in clock ticks
-/// of 10 ms).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|t| t.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime, fields 14 and 15 of stat: 11 and 12 counting from the state.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }

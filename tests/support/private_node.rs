@@ -40,18 +40,7 @@ impl PrivateNode {
 
     /// `rabbitmqctl` against this node; its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let node = self.name();
-        let output = Command::new("rabbitmqctl")
-            .args(["-n", &node, "-q"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "rabbitmqctl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        ctl(&self.name(), args)
     }
 
     /// Stops the broker application (connections close, the port refuses), keeping the
@@ -72,4 +61,19 @@ impl Drop for PrivateNode {
             .args(["stop", &self.port.to_string()])
             .status();
     }
+}
+
+/// `rabbitmqctl -n node` with `args`; its stdout. Panics if the command fails.
+pub fn ctl(node: &str, args: &[&str]) -> String {
+    let output = Command::new("rabbitmqctl")
+        .args(["-n", node, "-q"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
