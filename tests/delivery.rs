@@ -377,3 +377,38 @@ async fn a_device_queue_is_declared_like_the_user_queue() {
         );
     }
 }
+
+/// A process skips the presence declare for a user polling through it without pause. A
+/// user who disconnects through another process (a page closing) and comes back after a
+/// pause (the page reloaded) to the first one is online again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_comes_back_after_a_disconnect_served_elsewhere() {
+    let polling = rabbit(&config(&unique_name("delivery-presence-poll")));
+    let disconnecting = rabbit(&config(&unique_name("delivery-presence-disconnect")));
+    let user = unique_user();
+    let subscriber = Subscriber {
+        user_id: user,
+        college_id: None,
+        device: None,
+    };
+    let budget = || PollBudget::until(Instant::now() + SHORT_HOLD);
+    for _ in 0..2 {
+        polling.mark_online(user, None, &budget()).await.unwrap();
+        polling
+            .wait_for_events(&subscriber, &budget())
+            .await
+            .unwrap();
+    }
+    disconnecting.mark_offline(user).await.unwrap();
+    assert_eq!(
+        disconnecting.is_online(&[user], None).await.unwrap(),
+        [false]
+    );
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    polling.mark_online(user, None, &budget()).await.unwrap();
+    assert_eq!(
+        disconnecting.is_online(&[user], None).await.unwrap(),
+        [true],
+        "online again after a pause, though the polling process declared lately"
+    );
+}

@@ -10,6 +10,7 @@
 pub mod managed;
 pub mod private_node;
 pub mod process;
+pub mod round_trips;
 pub mod runtime_api;
 pub mod scenario;
 pub mod watch;

@@ -50,8 +50,8 @@ pub struct HeldPolls {
     pub cpu_round: Duration,
 }
 
-/// The function process; killed when dropped.
-struct Function(Child);
+/// A function process; killed when dropped.
+pub struct Function(pub Child);
 
 impl Drop for Function {
     fn drop(&mut self) {

@@ -26,7 +26,7 @@ use super::{
     RabbitBroker,
     codec::decode,
     runner::failed,
-    session::{Lane, poison},
+    session::{Lane, PREFETCH, poison},
 };
 use crate::{
     broker::{BrokerError, Poll},
@@ -84,9 +84,15 @@ impl RabbitBroker {
                 Ok((lane, consumer))
             })
             .await;
-        // A consume refused or failed may mean the queue is gone: declare it next time.
-        if let Err(BrokerError::Refused { .. } | BrokerError::Failed { .. }) = &consumer {
-            self.declared.forget(queue);
+        match &consumer {
+            // A consume uses the queue, which restarts its `x-expires`: the queue stays
+            // fresh for as long as the user keeps polling through this process.
+            Ok(_) => self.declared.remember(queue, keys),
+            // A consume refused or failed may mean the queue is gone: declare it next time.
+            Err(BrokerError::Refused { .. } | BrokerError::Failed { .. }) => {
+                self.declared.forget(queue)
+            }
+            Err(_) => {}
         }
         consumer
     }
@@ -176,11 +182,7 @@ impl RabbitBroker {
             // return events.
             if requeued {
                 let unchanged = BasicQosOptions { global: false };
-                taken
-                    .lane
-                    .channel
-                    .basic_qos(MAX_BATCH as u16, unchanged)
-                    .await?;
+                taken.lane.channel.basic_qos(PREFETCH, unchanged).await?;
             }
             Ok(())
         };
@@ -252,8 +254,11 @@ impl Taken {
     }
 }
 
-/// Stops the consumer, collects deliveries that raced with the stop and, if the wait
-/// ended with a delivery, tops the batch up to `limit` from the queue.
+/// Stops the consumer, collects deliveries that raced with the stop and, if the
+/// consumer's prefetch was used up, tops the batch up to `limit` from the queue. Below
+/// the prefetch there is nothing to top up: the queue delivers each message to a
+/// consumer with room as it enqueues it, so by `cancel-ok` the consumer has had all
+/// that was queued before the cancel.
 async fn collect_rest(
     channel: &Channel,
     consumer: &mut lapin::Consumer,
@@ -271,7 +276,7 @@ async fn collect_rest(
             deliveries.push(delivery?);
         }
     }
-    if !deliveries.is_empty() {
+    if deliveries.len() >= usize::from(PREFETCH) {
         while deliveries.len() < limit {
             match channel
                 .basic_get(queue.into(), BasicGetOptions::default())
@@ -292,6 +297,7 @@ impl Poll for RabbitBroker {
         subscriber: &Subscriber,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
+        let _answering = self.presence_refreshes.until_answered(subscriber.user_id);
         self.make_room(subscriber).await?;
         let taken = self.take(subscriber, budget, MAX_BATCH).await?;
         // A failed settle may still have removed some of the batch (acks have no
@@ -311,6 +317,7 @@ impl Poll for RabbitBroker {
         acked: &str,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
+        let _answering = self.presence_refreshes.until_answered(subscriber.user_id);
         self.make_room(subscriber).await?;
         let mut acked = Some(acked);
         loop {

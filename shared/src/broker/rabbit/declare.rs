@@ -22,10 +22,13 @@ use crate::{
     },
 };
 
-/// How long a queue this process declared and bound is taken as still there, so a
-/// user's next polls skip the declare and binds (one round trip instead of several).
-/// Far below the queue's 30-minute `x-expires`, which only runs while it is unused.
-const DECLARED_FRESH_FOR: Duration = Duration::from_secs(60);
+/// How long after this process last declared or consumed from a queue it is taken as
+/// still there, so a user's next polls skip the declare and binds: a steady idle poll is
+/// then its consume and its cancel alone. Each consume uses the queue, which restarts
+/// its 30-minute `x-expires`, so within this third of it the queue cannot have expired;
+/// one deleted meanwhile (a device cap eviction, an operator) refuses the consume, and
+/// the next poll declares it again.
+const DECLARED_FRESH_FOR: Duration = Duration::from_secs(10 * 60);
 
 /// Queue → (routing keys bound, when): the queues declared recently by this process.
 #[derive(Default)]

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use self::{declare::Declared, runner::Turns, session::Connector};
+use self::{declare::Declared, presence::Refreshes, runner::Turns, session::Connector};
 pub use self::{linger::LingeringBroker, tail::Tail};
 use super::{Broker, devices::Devices};
 use crate::config::Config;
@@ -47,6 +47,8 @@ use crate::config::Config;
 pub struct RabbitBroker {
     connector: Connector,
     presence_ttl: Duration,
+    /// Whose presence this process declared lately, so their next polls skip it.
+    presence_refreshes: Refreshes,
     /// The queues this process declared lately, so a user's next polls skip the declare.
     declared: Declared,
     /// Bounds the operations in flight on the connection (held polls are not counted
@@ -72,6 +74,7 @@ impl RabbitBroker {
                 config.amqp_timeout,
             ),
             presence_ttl: config.presence_ttl,
+            presence_refreshes: Refreshes::default(),
             declared: Declared::default(),
             turns: Turns::default(),
             devices: Devices::new(config.max_devices_per_user),

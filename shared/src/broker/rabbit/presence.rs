@@ -1,5 +1,15 @@
 //! Presence on RabbitMQ: a user is online while their presence queue exists (declared
-//! by each poll with a TTL, deleted by disconnect); a lookup probes for those queues.
+//! by their polls with a TTL, deleted by disconnect); a lookup probes for those queues.
+//!
+//! A user polling without pause through one process re-declares the queue only every
+//! tenth to fifth of its TTL ([`Refreshes`]), so a steady idle poll costs the broker its
+//! consume and its cancel alone.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use lapin::{
@@ -23,6 +33,90 @@ use crate::{
     },
 };
 
+/// Most users whose presence refresh a process remembers before it drops the ones
+/// already due.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// How soon after this process answered a user's poll their next one must come for the
+/// presence declare to be skipped. A browser re-polls at once; a longer pause may be a
+/// disconnect served by another process (a page reload), after which the queue must
+/// be declared again.
+const CHAIN_GAP: Duration = Duration::from_secs(3);
+
+/// When this process last declared each user's presence queue, and when it last
+/// answered one of their polls. The declare is skipped while both are recent: declared
+/// within a tenth to a fifth of the TTL (at random, so users who came together do not
+/// refresh together; the queue then lapses 80 to 100 % of the TTL after the last poll),
+/// and the user's previous poll answered by this process within [`CHAIN_GAP`].
+#[derive(Default)]
+pub(super) struct Refreshes(Mutex<HashMap<UserId, Refresh>>);
+
+struct Refresh {
+    due: Instant,
+    college: Option<CollegeId>,
+    last_answered: Option<Instant>,
+}
+
+/// A poll in progress; see [`Refreshes::until_answered`].
+pub(super) struct Answering<'a>(&'a Refreshes, UserId);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if let Some(refresh) = self.0.lock().get_mut(&self.1) {
+            refresh.last_answered = Some(Instant::now());
+        }
+    }
+}
+
+impl Refreshes {
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, Refresh>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `user`'s presence (in `college`) needs no declare now.
+    fn fresh(&self, user: UserId, college: Option<CollegeId>) -> bool {
+        let now = Instant::now();
+        self.lock().get(&user).is_some_and(|refresh| {
+            refresh.due > now
+                && refresh.college == college
+                && refresh
+                    .last_answered
+                    .is_some_and(|answered| now - answered < CHAIN_GAP)
+        })
+    }
+
+    fn declared(&self, user: UserId, college: Option<CollegeId>, ttl: Duration) {
+        let mut refreshes = self.lock();
+        let now = Instant::now();
+        if refreshes.len() >= MAX_REMEMBERED {
+            refreshes.retain(|_, refresh| refresh.due > now);
+        }
+        let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
+        let last_answered = refreshes.get(&user).and_then(|r| r.last_answered);
+        let due = now + ttl.mul_f64(0.1 + 0.1 * jitter);
+        refreshes.insert(
+            user,
+            Refresh {
+                due,
+                college,
+                last_answered,
+            },
+        );
+    }
+
+    /// Notes, when the returned guard drops, that a poll of `user` was answered (with
+    /// events, empty, or an error).
+    pub fn until_answered(&self, user: UserId) -> Answering<'_> {
+        Answering(self, user)
+    }
+
+    fn forget(&self, user: UserId) {
+        self.lock().remove(&user);
+    }
+}
+
 #[async_trait]
 impl Presence for RabbitBroker {
     async fn mark_online(
@@ -31,47 +125,17 @@ impl Presence for RabbitBroker {
         college: Option<CollegeId>,
         budget: &PollBudget,
     ) -> Result<(), BrokerError> {
-        let queue = presence_queue_name(user);
-        let presence_exchange = self.connector.presence_exchange();
-        // A poll's presence waits its turn within the poll's set-up (a herd of new users
-        // queues here instead of failing).
-        let deadline = budget.set_up_until();
-        // On a channel of its own: a refused declare (a queue limit) closes it, and must
-        // not end the polls held on a shared lane.
-        self.run_on("presence", deadline, |lane: OwnLane| {
-            let queue = queue.clone();
-            async move {
-                let options = QueueDeclareOptions {
-                    durable: true,
-                    auto_delete: true,
-                    nowait: college.is_some(),
-                    ..Default::default()
-                };
-                let arguments = field_table(presence_queue_arguments(self.presence_ttl));
-                lane.channel
-                    .queue_declare(queue.as_str().into(), options, arguments)
-                    .await?;
-                // A member of a college is also found by the college's lookups: the
-                // binding's reply vouches for the declare before it.
-                if let Some(college) = college {
-                    lane.channel
-                        .queue_bind(
-                            queue.as_str().into(),
-                            presence_exchange.into(),
-                            college_presence_key(college, user).into(),
-                            QueueBindOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
-                }
-                lane.finished();
-                Ok(())
-            }
-        })
-        .await
+        if self.presence_refreshes.fresh(user, college) {
+            return Ok(());
+        }
+        self.declare_presence(user, college, budget).await?;
+        self.presence_refreshes
+            .declared(user, college, self.presence_ttl);
+        Ok(())
     }
 
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
+        self.presence_refreshes.forget(user);
         let queue = presence_queue_name(user);
         let deadline = Instant::now() + self.connector.op_timeout;
         self.run_on("presence", deadline, |lane: OwnLane| {
@@ -131,5 +195,54 @@ impl Presence for RabbitBroker {
             .collect();
         self.publish_mandatory("presence lookup", exchange, &probes)
             .await
+    }
+}
+
+impl RabbitBroker {
+    /// Declares `user`'s presence queue (and binds it under their college).
+    async fn declare_presence(
+        &self,
+        user: UserId,
+        college: Option<CollegeId>,
+        budget: &PollBudget,
+    ) -> Result<(), BrokerError> {
+        let queue = presence_queue_name(user);
+        let presence_exchange = self.connector.presence_exchange();
+        // A poll's presence waits its turn within the poll's set-up (a herd of new users
+        // queues here instead of failing).
+        let deadline = budget.set_up_until();
+        // On a channel of its own: a refused declare (a queue limit) closes it, and must
+        // not end the polls held on a shared lane.
+        self.run_on("presence", deadline, |lane: OwnLane| {
+            let queue = queue.clone();
+            async move {
+                let options = QueueDeclareOptions {
+                    durable: true,
+                    auto_delete: true,
+                    nowait: college.is_some(),
+                    ..Default::default()
+                };
+                let arguments = field_table(presence_queue_arguments(self.presence_ttl));
+                lane.channel
+                    .queue_declare(queue.as_str().into(), options, arguments)
+                    .await?;
+                // A member of a college is also found by the college's lookups: the
+                // binding's reply vouches for the declare before it.
+                if let Some(college) = college {
+                    lane.channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            presence_exchange.into(),
+                            college_presence_key(college, user).into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
+                lane.finished();
+                Ok(())
+            }
+        })
+        .await
     }
 }

@@ -43,6 +43,9 @@ const MAX_OWN_CHANNELS: usize = 512;
 /// to a fresh connection and the old one closes once its last held poll lets go.
 const REFUSALS_PER_CONNECTION: usize = 1000;
 
+/// Unacked deliveries a consumer may hold (`basic.qos`, per consumer): a batch.
+pub(super) const PREFETCH: u16 = MAX_BATCH as u16;
+
 /// Opens the connection on demand and replaces it when it dies.
 pub(super) struct Connector {
     pub url: String,
@@ -360,7 +363,7 @@ impl Session {
             .await?;
         // Per consumer (global: false): one poll never holds more than a batch.
         channel
-            .basic_qos(MAX_BATCH as u16, BasicQosOptions { global: false })
+            .basic_qos(PREFETCH, BasicQosOptions { global: false })
             .await?;
         if let Some([events, presence]) = exchanges {
             let durable = ExchangeDeclareOptions {

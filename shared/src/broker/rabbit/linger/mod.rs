@@ -25,15 +25,10 @@
 
 mod subscriptions;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use lapin::message::Delivery;
-use tokio::time::Instant;
 
 use self::subscriptions::{Attached, Subscriptions, Taken};
 use super::{RabbitBroker, codec::decode};
@@ -44,22 +39,11 @@ use crate::{
     topology::{CollegeId, Subscriber, UserId},
 };
 
-/// Most users whose presence refresh a lingering broker remembers before it drops
-/// the ones already due.
-const MAX_PRESENCE_REMEMBERED: usize = 100_000;
-
 /// A [`RabbitBroker`] whose consumers outlive their polls, for a long-running server
-/// that alone serves its users (the local server), never for Lambda. It also re-declares
-/// a user's presence queue every tenth to fifth of its TTL (at random, so that users who
-/// came together do not all refresh together) rather than on every poll: it then lapses
-/// 80 to 100 % of the TTL after the last poll. A disconnect through this process still
-/// ends it at once, and the next poll declares it again.
+/// that alone serves its users (the local server), never for Lambda.
 pub struct LingeringBroker {
     rabbit: RabbitBroker,
     subscriptions: Arc<Subscriptions>,
-    /// User → when this process is next due to re-declare their presence queue, and the
-    /// college it was bound under.
-    presence_declared: Mutex<HashMap<UserId, (Instant, Option<CollegeId>)>>,
 }
 
 impl LingeringBroker {
@@ -68,37 +52,6 @@ impl LingeringBroker {
         Self {
             rabbit,
             subscriptions: Arc::new(Subscriptions::new(linger)),
-            presence_declared: Mutex::default(),
-        }
-    }
-
-    fn presence(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, (Instant, Option<CollegeId>)>> {
-        self.presence_declared
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Whether this process declared `user`'s presence recently enough to skip it.
-    fn presence_fresh(&self, user: UserId, college: Option<CollegeId>) -> bool {
-        let mut declared = self.presence();
-        let now = Instant::now();
-        if declared.len() >= MAX_PRESENCE_REMEMBERED {
-            declared.retain(|_, (due, _)| *due > now);
-        }
-        declared
-            .get(&user)
-            .is_some_and(|(due, bound)| *due > now && *bound == college)
-    }
-
-    /// Notes `user` online (`Some`, with their college) or offline (`None`).
-    fn note_presence(&self, user: UserId, online: Option<Option<CollegeId>>) {
-        let mut declared = self.presence();
-        if let Some(college) = online {
-            let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
-            let refresh = self.rabbit.presence_ttl.mul_f64(0.1 + 0.1 * jitter);
-            declared.insert(user, (Instant::now() + refresh, college));
-        } else {
-            declared.remove(&user);
         }
     }
 
@@ -134,6 +87,10 @@ impl LingeringBroker {
         subscriber: &Subscriber,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
+        let _answering = self
+            .rabbit
+            .presence_refreshes
+            .until_answered(subscriber.user_id);
         let queue = subscriber.queue_name();
         let attached = self.attach_lingering(subscriber, budget).await?;
         let taken = attached.take(budget.hold_until()).await;
@@ -152,6 +109,10 @@ impl LingeringBroker {
         acked: &str,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
+        let _answering = self
+            .rabbit
+            .presence_refreshes
+            .until_answered(subscriber.user_id);
         let queue = subscriber.queue_name();
         let attached = self.attach_lingering(subscriber, budget).await?;
         let acknowledged =
@@ -220,16 +181,10 @@ impl Presence for LingeringBroker {
         college: Option<CollegeId>,
         budget: &PollBudget,
     ) -> Result<(), BrokerError> {
-        if self.presence_fresh(user, college) {
-            return Ok(());
-        }
-        self.rabbit.mark_online(user, college, budget).await?;
-        self.note_presence(user, Some(college));
-        Ok(())
+        self.rabbit.mark_online(user, college, budget).await
     }
 
     async fn mark_offline(&self, user: UserId) -> Result<(), BrokerError> {
-        self.note_presence(user, None);
         self.rabbit.mark_offline(user).await
     }
 
