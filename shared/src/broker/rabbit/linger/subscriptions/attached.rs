@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use lapin::{message::Delivery, options::BasicAckOptions};
+use lapin::{Acker, message::Delivery, options::BasicAckOptions};
 use tokio::time::{Instant, timeout_at};
 
 use super::{HandedOut, State, Subscription, Taken, failed};
@@ -39,12 +39,17 @@ impl Attached {
     /// 100 are kept, as `x-max-length` with `drop-head` would have.
     pub async fn take(&self, deadline: Instant) -> Result<Taken<Delivery>, BrokerError> {
         let subscription = &self.0;
+        let mut first_look = true;
         loop {
             // Register for the wake-up before looking, so an arrival in between counts.
             let arrival = subscription.arrivals.notified();
             tokio::pin!(arrival);
             arrival.as_mut().enable();
-            subscription.catch_up().await?;
+            // Only what was confirmed before the poll came must be in its answer; once
+            // woken by an arrival it answers at once, without a round trip.
+            if std::mem::take(&mut first_look) {
+                subscription.catch_up().await?;
+            }
             let (mut batch, full): (Vec<(Delivery, SystemTime)>, bool) = {
                 let mut state = subscription.state();
                 // A cursor poll's leftovers, if the queue is also polled the guide's way.
@@ -68,19 +73,23 @@ impl Attached {
             }
             let now = SystemTime::now();
             let overflow = batch.len().saturating_sub(MAX_QUEUE_LENGTH);
-            let mut kept = Vec::with_capacity(batch.len());
-            // One ack each: the lane is shared (see `settle`). Once an ack fails the
-            // channel is gone: the broker requeues the rest, but the acks before it may
-            // have removed theirs, so the poll still answers with the whole batch (what
-            // was requeued comes again under the same ids) rather than lose them.
-            let mut acking = true;
-            for (index, (delivery, arrived)) in batch.into_iter().enumerate() {
-                if acking {
-                    acking = delivery.acker.ack(BasicAckOptions::default()).await.is_ok();
-                }
-                if index >= overflow && !expired(&delivery, arrived, now) {
-                    kept.push(delivery);
-                }
+            let ackers: Vec<Acker> = batch
+                .iter()
+                .map(|(delivery, _)| delivery.acker.clone())
+                .collect();
+            let kept: Vec<Delivery> = batch
+                .into_iter()
+                .enumerate()
+                .filter(|(index, (delivery, arrived))| {
+                    *index >= overflow && !expired(delivery, *arrived, now)
+                })
+                .map(|(_, (delivery, _))| delivery)
+                .collect();
+            // The acks go out after the answer, off its path. If one fails, the channel
+            // is gone and the broker requeues the rest: they come again under the same
+            // ids, as when a failed ack left a batch half acked before.
+            if !ackers.is_empty() {
+                tokio::spawn(acknowledge(ackers));
             }
             if !kept.is_empty() {
                 return Ok(Taken::Deliveries(kept));
@@ -132,11 +141,15 @@ impl Attached {
             }
         };
         remove(acked).await?;
+        let mut first_look = true;
         loop {
             let arrival = subscription.arrivals.notified();
             tokio::pin!(arrival);
             arrival.as_mut().enable();
-            subscription.catch_up().await?;
+            // As in `take`: the catch-up is for the first look only.
+            if std::mem::take(&mut first_look) {
+                subscription.catch_up().await?;
+            }
             let full = {
                 let mut state = subscription.state();
                 if state.handed_out.is_empty() && state.buffered.is_empty() {
@@ -207,6 +220,16 @@ impl State {
             self.handed_out
                 .make_contiguous()
                 .sort_by_key(|held| held.delivery.delivery_tag);
+        }
+    }
+}
+
+/// Acks a taken batch, one by one (the lane is shared: a `multiple` ack could take other
+/// polls' deliveries with it), until the channel fails.
+async fn acknowledge(ackers: Vec<Acker>) {
+    for acker in ackers {
+        if acker.ack(BasicAckOptions::default()).await.is_err() {
+            break;
         }
     }
 }
