@@ -30,6 +30,10 @@ use crate::{
 /// the next poll declares it again.
 const DECLARED_FRESH_FOR: Duration = Duration::from_secs(10 * 60);
 
+/// Most queues a process remembers declaring; past it, the stale ones are dropped, or
+/// all of them when few are stale, so that the scan happens once per many inserts.
+const MAX_DECLARED_REMEMBERED: usize = 100_000;
+
 /// Queue → (routing keys bound, when): the queues declared recently by this process.
 #[derive(Default)]
 pub(super) struct Declared(Mutex<HashMap<String, (Vec<String>, Instant)>>);
@@ -50,8 +54,19 @@ impl Declared {
 
     pub fn remember(&self, queue: &str, keys: &[String]) {
         let mut declared = self.lock();
-        if declared.len() >= 10_000 {
+        if let Some((bound, at)) = declared.get_mut(queue)
+            && bound.as_slice() == keys
+        {
+            *at = Instant::now();
+            return;
+        }
+        if declared.len() >= MAX_DECLARED_REMEMBERED {
             declared.retain(|_, (_, at)| at.elapsed() < DECLARED_FRESH_FOR);
+            // Still full of fresh ones: forget them all rather than scan again on the
+            // next insert (a forgotten queue costs one declare).
+            if declared.len() >= MAX_DECLARED_REMEMBERED * 3 / 4 {
+                declared.clear();
+            }
         }
         declared.insert(queue.to_owned(), (keys.to_vec(), Instant::now()));
     }

@@ -92,6 +92,10 @@ impl Refreshes {
         let now = Instant::now();
         if refreshes.len() >= MAX_REMEMBERED {
             refreshes.retain(|_, refresh| refresh.due > now);
+            // As for declared queues: rather forget all than scan on every insert.
+            if refreshes.len() >= MAX_REMEMBERED * 3 / 4 {
+                refreshes.clear();
+            }
         }
         let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
         let last_answered = refreshes.get(&user).and_then(|r| r.last_answered);
