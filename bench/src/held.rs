@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use crate::{
-    load::{self, LoadOptions, LoadReport, PublishVia},
+    load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
     stats,
 };
 
@@ -48,12 +48,13 @@ pub async fn run(options: Options) {
         users: options.polls,
         ramp_per_second: options.ramp_per_second,
         publish_rate: options.publish_rate,
+        warm_up: Duration::ZERO,
         seconds: options.seconds,
         drain: Duration::from_secs(30),
         publish: PublishVia::Endpoint {
             api_key: options.publish_key.clone(),
         },
-        cursor: false,
+        mode: PollMode::Guide,
         server_pid: pid,
     })
     .await;

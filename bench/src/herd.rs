@@ -52,13 +52,20 @@ impl HerdReport {
             .map_or("not all held".to_owned(), |after| {
                 format!("all held after {:.1} s", after.as_secs_f64())
             });
+        let answered = if self.all_answered_after == Duration::MAX {
+            "some users never answered 200".to_owned()
+        } else {
+            format!(
+                "every user answered 200 after {:.1} s",
+                self.all_answered_after.as_secs_f64()
+            )
+        };
         println!(
-            "herd of {} new users at once: {held}; first polls not 200: {} {:?}; answers not 200 in all: {}; every user answered 200 after {:.1} s",
+            "herd of {} new users at once: {held}; first polls not 200: {} {:?}; answers not 200 in all: {}; {answered}",
             self.users,
             self.failures(),
             self.failed,
             self.retried,
-            self.all_answered_after.as_secs_f64()
         );
     }
 }

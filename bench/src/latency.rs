@@ -10,14 +10,15 @@
 //!
 //! Each run takes SAMPLES of each and prints p50/p90/p99; the summary is the median of
 //! the runs' figures, since the machine is shared and noisy. `AMQP_URL` picks the broker
-//! (default the local RabbitMQ); `BROKER=memory` measures the in-memory broker instead.
+//! (default the local RabbitMQ); `BROKER=memory` measures the in-memory broker instead,
+//! `BROKER=lingering` RabbitMQ with the local server's lingering consumers.
 
 use std::{sync::Arc, time::Duration};
 
 use lambda_http::{Body, Request};
 use longpoll::{
     App, Broker, Config, MemoryBroker, RabbitBroker,
-    broker::Publication,
+    broker::{LingeringBroker, Publication},
     event::EventBody,
     token::TokenIssuer,
     topology::{Audience, UserId},
@@ -33,11 +34,16 @@ pub async fn run(runs: usize, samples: usize) {
         std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
     let mut config = Config::new(&url, Some(SECRET), "longpoll-bench");
     config.poll_timeout = Duration::from_secs(5);
-    let memory = std::env::var("BROKER").is_ok_and(|broker| broker == "memory");
-    let broker: Arc<dyn Broker> = if memory {
-        Arc::new(MemoryBroker::new(config.presence_ttl))
-    } else {
-        Arc::new(RabbitBroker::new(&config))
+    let kind = std::env::var("BROKER").unwrap_or_default();
+    let memory = kind == "memory";
+    let broker: Arc<dyn Broker> = match kind.as_str() {
+        "memory" => Arc::new(MemoryBroker::new(config.presence_ttl)),
+        // As the local server runs it: consumers that outlive their polls.
+        "lingering" => Arc::new(LingeringBroker::new(
+            RabbitBroker::new(&config),
+            Duration::from_secs(15),
+        )),
+        _ => Arc::new(RabbitBroker::new(&config)),
     };
     let app = App::new(config, broker.clone()).expect("a JWT secret is set");
     println!(

@@ -1,7 +1,11 @@
 //! Benchmarks that print figures (never pass/fail timing tests: the machine is shared
 //! and noisy), and the soak, which does pass or fail, on what it counts.
 //!
-//! - [`suite`]: every figure of bench/RESULTS.md, as tables; starts its own servers.
+//! - [`suite`]: single polls, throughput, capacity, watch and cold start, as tables;
+//!   starts its own servers.
+//! - [`breakdown`]: where publish→response time goes, step by step, one event at a time.
+//! - [`compare`]: publish→response latency under load, every server side by side,
+//!   as ratios to Nchan.
 //! - [`load`]: the load the HTTP benchmarks share: users holding polls while events
 //!   are published to random users, each event followed to the poll that returns it.
 //! - [`held`]: that load against a running server, reporting capacity.
@@ -14,16 +18,22 @@
 //!   Instances: its memory and CPU per thousand held polls.
 //! - [`latency`]: the poll handler called in-process, no HTTP.
 //! - [`guide`]: the baseline, the design guide's `basic_get` every 0.3 s.
+//! - [`nchan`]: the yardstick, nginx with Nchan, an in-memory long-poll server.
+//! - [`results`]: writes a command's output into its section of bench/RESULTS.md, dated.
 //! - [`server`], [`stats`]: child server processes; percentiles, medians, RSS.
 
+pub mod breakdown;
 pub mod cold_start;
+pub mod compare;
 pub mod guide;
 pub mod held;
 pub mod herd;
 pub mod latency;
 pub mod load;
 pub mod managed;
+pub mod nchan;
 pub mod probes;
+pub mod results;
 pub mod server;
 pub mod soak;
 pub mod stats;

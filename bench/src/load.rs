@@ -7,6 +7,10 @@
 //! returned it by the end (the pollers keep polling for a drain period after the last
 //! publish); *duplicated* when it reached a user under two different ids (the same id
 //! twice is cursor mode's documented redelivery, which clients de-duplicate).
+//!
+//! The same load runs against the yardstick, Nchan ([`crate::nchan`]), with its own
+//! protocol: events published by HTTP to the user's channel, long-poll subscribers
+//! resuming from the previous answer's `Last-Modified` and `Etag`.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -38,6 +42,20 @@ pub enum PublishVia {
     /// Straight to the broker through the library (persistent, confirmed), as a
     /// backend publishing over AMQP does.
     Library(Arc<dyn Broker>),
+    /// `POST /pub/<user>` on Nchan.
+    Nchan,
+}
+
+/// How the simulated users poll.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PollMode {
+    /// The guide's plain poll: `GET poll/events/`.
+    Guide,
+    /// Cursor mode (`?device=…&ack=<last id>`) with de-duplication by id, as the
+    /// browser client polls.
+    Cursor,
+    /// Nchan's long-poll subscriber, `GET /sub/<user>`.
+    Nchan,
 }
 
 pub struct LoadOptions {
@@ -48,15 +66,16 @@ pub struct LoadOptions {
     pub ramp_per_second: usize,
     /// Events per second, to random users.
     pub publish_rate: u64,
-    /// How long events are published, after the ramp.
+    /// How long the users poll with nothing published once the ramp has settled, so
+    /// that the window measures steady state rather than the ramp's set-ups.
+    pub warm_up: Duration,
+    /// How long events are published, after the ramp and the warm-up.
     pub seconds: u64,
     /// At most how long the polls go on after the last publish, until every confirmed
     /// event has arrived; an event still missing then counts as lost.
     pub drain: Duration,
     pub publish: PublishVia,
-    /// Cursor mode (`?device=…&ack=<last id>`) with de-duplication by id, as the
-    /// browser client polls; otherwise the guide's plain poll.
-    pub cursor: bool,
+    pub mode: PollMode,
     /// The server's process, for its RSS once a second.
     pub server_pid: Option<u32>,
 }
@@ -194,12 +213,23 @@ pub async fn run(options: LoadOptions) -> LoadReport {
             None,
             Duration::from_secs(3600),
         );
+        let user = base_user + n as u64;
+        let (url, resume) = match options.mode {
+            PollMode::Nchan => (format!("{}/sub/{user}", options.url), Resume::Nchan(None)),
+            mode => (
+                format!("{}/api/v1/communication/poll/events/", options.url),
+                if mode == PollMode::Cursor {
+                    Resume::Cursor(String::new(), HashSet::new())
+                } else {
+                    Resume::Guide
+                },
+            ),
+        };
         let poller = Poller {
             client: client.clone(),
-            url: format!("{}/api/v1/communication/poll/events/", options.url),
+            url,
             token,
-            cursor: options.cursor.then(String::new),
-            seen: HashSet::new(),
+            resume,
             jitter_seed: n as u64,
         };
         pollers.push(tokio::spawn(poller.run(counters.clone(), ledger.clone())));
@@ -229,7 +259,7 @@ pub async fn run(options: LoadOptions) -> LoadReport {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(1) + options.warm_up).await;
 
     let window_started = Instant::now();
     let answered_before = counters.answered.load(Ordering::Relaxed);
@@ -288,25 +318,48 @@ struct Poller {
     client: reqwest::Client,
     url: String,
     token: String,
-    /// Cursor mode: the id of the last event received.
-    cursor: Option<String>,
-    /// Cursor mode: the ids received so far, for de-duplication.
-    seen: HashSet<String>,
+    resume: Resume,
     jitter_seed: u64,
+}
+
+/// Where a user's next poll resumes from.
+enum Resume {
+    Guide,
+    /// Cursor mode: the id of the last event received, and every id received so far
+    /// (for de-duplication).
+    Cursor(String, HashSet<String>),
+    /// Nchan: the `Last-Modified` and `Etag` of the last message received.
+    Nchan(Option<(String, String)>),
 }
 
 impl Poller {
     async fn run(mut self, counters: Arc<Counters>, ledger: Arc<Mutex<Ledger>>) {
         while !counters.stop.load(Ordering::Relaxed) {
-            let url = match &self.cursor {
-                Some(acked) => format!("{}?device=bench&ack={acked}", self.url),
-                None => self.url.clone(),
+            let request = match &self.resume {
+                Resume::Guide => self.client.get(&self.url).bearer_auth(&self.token),
+                Resume::Cursor(acked, _) => self
+                    .client
+                    .get(format!("{}?device=bench&ack={acked}", self.url))
+                    .bearer_auth(&self.token),
+                Resume::Nchan(None) => self.client.get(&self.url),
+                Resume::Nchan(Some((last_modified, etag))) => self
+                    .client
+                    .get(&self.url)
+                    .header("if-modified-since", last_modified)
+                    .header("if-none-match", etag),
             };
             counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            let outcome = self.client.get(&url).bearer_auth(&self.token).send().await;
+            let outcome = request.send().await;
             counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             let response = match outcome {
                 Ok(response) if response.status() == 200 => response,
+                // Nchan's answer to a hold that ran out.
+                Ok(response)
+                    if response.status() == 408 && matches!(self.resume, Resume::Nchan(_)) =>
+                {
+                    counters.answered.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 other => {
                     let status = other
                         .as_ref()
@@ -318,7 +371,27 @@ impl Poller {
                     continue;
                 }
             };
-            let Ok(body) = response.json::<Value>().await else {
+            let events = match &mut self.resume {
+                Resume::Nchan(resume) => {
+                    let header = |name| {
+                        response
+                            .headers()
+                            .get(name)
+                            .and_then(|value| value.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    *resume = header("last-modified").zip(header("etag"));
+                    response.json::<Value>().await.map(|message| vec![message])
+                }
+                _ => response.json::<Value>().await.map(|body| match body {
+                    Value::Object(mut body) => match body.remove("events") {
+                        Some(Value::Array(events)) => events,
+                        _ => vec![],
+                    },
+                    _ => vec![],
+                }),
+            };
+            let Ok(events) = events else {
                 // A 200 whose body did not arrive whole: its events never reached us.
                 *counters.failures.lock().unwrap().entry(200).or_default() += 1;
                 continue;
@@ -326,12 +399,12 @@ impl Poller {
             let now = Instant::now();
             counters.answered.fetch_add(1, Ordering::Relaxed);
             let mut ledger = ledger.lock().unwrap();
-            for event in body["events"].as_array().into_iter().flatten() {
+            for event in &events {
                 let id = event["id"].as_str().unwrap_or_default();
-                if let Some(cursor) = &mut self.cursor {
+                if let Resume::Cursor(cursor, seen) = &mut self.resume {
                     cursor.clear();
                     cursor.push_str(id);
-                    if !self.seen.insert(id.to_owned()) {
+                    if !seen.insert(id.to_owned()) {
                         continue; // redelivered after a lost answer: already have it
                     }
                 }
@@ -448,6 +521,21 @@ async fn publish_one(
             }
             let reply: Value = response.json().await.map_err(|_| 0u16)?;
             Ok(reply["published"][0]["routed"] == true)
+        }
+        PublishVia::Nchan => {
+            let mut body = message_json(seq);
+            body["id"] = json!(id);
+            let response = client
+                .post(format!("{url}/pub/{}", user.0))
+                .json(&body)
+                .send()
+                .await
+                .map_err(|_| 0u16)?;
+            // 201: a subscriber was waiting; 202: the message was queued for one.
+            match response.status().as_u16() {
+                201 | 202 => Ok(true),
+                status => Err(status),
+            }
         }
         PublishVia::Library(broker) => {
             let mut event = message(seq).prepare();

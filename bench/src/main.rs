@@ -5,7 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use longpoll::{Config, RabbitBroker};
-use longpoll_bench::{guide::GuideBaseline, held, herd, latency, managed, soak, suite};
+use longpoll_bench::{
+    compare, guide::GuideBaseline, held, herd, latency, managed, results, soak, suite,
+};
 use longpoll_local::{BrokerKind, Functions, cors, serve};
 
 #[derive(Parser)]
@@ -19,6 +21,16 @@ struct Cli {
 enum Command {
     /// Every figure, as Markdown tables (starts its own servers on AMQP_URL).
     Suite(suite::Options),
+    /// Publish→response latency under load: the local server (both modes) and the
+    /// guide's algorithm on AMQP_URL, beside Nchan, as ratios to it.
+    Compare {
+        /// Runs of each load (0: only the breakdown).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds of publishing in each run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Immediate return and publish-to-response latency through the handler, in-process.
     Latency {
         #[arg(default_value_t = 5)]
@@ -77,6 +89,25 @@ enum Command {
         #[arg(long)]
         guide_mode: bool,
     },
+    /// Broker requests per idle poll on the Lambda path: the poll-events `--binary`, one
+    /// invocation at a time, against a Runtime API on loopback, on AMQP_URL whose node is
+    /// `--node`, from the broker's own counters.
+    Trips {
+        #[arg(long)]
+        binary: std::path::PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value_t = 20)]
+        polls: usize,
+    },
+    /// Puts OUTPUT (a command's figures) into section SECTION of the results file, with
+    /// the date, machine and versions; `scripts/bench` runs it after each command.
+    Record {
+        section: String,
+        output: std::path::PathBuf,
+        #[arg(long, default_value = "bench/RESULTS.md")]
+        results: std::path::PathBuf,
+    },
     /// The local server on the design guide's algorithm (basic_get every 0.3 s), for
     /// comparison; listens on LISTEN_ADDR, uses AMQP_URL.
     GuideServer,
@@ -86,6 +117,7 @@ enum Command {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Suite(options) => suite::run(options).await,
+        Command::Compare { runs, seconds } => compare::standalone(runs, seconds).await,
         Command::Latency { runs, samples } => latency::run(runs, samples).await,
         Command::Held(options) => held::run(options).await,
         Command::Herd {
@@ -125,9 +157,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 std::process::exit(1);
             }
         }
+        Command::Trips {
+            binary,
+            node,
+            polls,
+        } => trips(&binary, &node, polls).await,
+        Command::Record {
+            section,
+            output,
+            results,
+        } => results::record(&results, &section, &std::fs::read_to_string(output)?)?,
         Command::GuideServer => guide_server().await?,
     }
     Ok(())
+}
+
+async fn trips(binary: &std::path::Path, node: &str, polls: usize) {
+    let amqp_url =
+        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+    let trips = longpoll_tests::round_trips::idle_polls(binary, &amqp_url, node, polls).await;
+    println!(
+        "The poll-events function on the Lambda path (release build, one invocation at a time, Runtime API on loopback), one user polling {polls} times in a row with nothing published, after a first poll; the broker's `recv_cnt` and `send_cnt` for the function's connection (`rabbitmqctl list_connections`):\n"
+    );
+    println!("| | received by the broker | sent by the broker |");
+    println!("|---|---|---|");
+    println!(
+        "| first poll (connect, presence, declare, bindings, consume, cancel) | {} | {} |",
+        trips.first_poll.0, trips.first_poll.1
+    );
+    println!(
+        "| per idle poll after it (consume, cancel) | {:.2} | {:.2} |",
+        trips.per_idle_poll(),
+        trips.idle.1 as f64 / polls as f64
+    );
 }
 
 async fn guide_server() -> Result<(), Box<dyn std::error::Error>> {

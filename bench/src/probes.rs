@@ -29,7 +29,7 @@ fn poll_url(server: &str) -> String {
     format!("{server}/api/v1/communication/poll/events/")
 }
 
-fn token(user: UserId) -> String {
+pub(crate) fn token(user: UserId) -> String {
     TokenIssuer::new(DEV_JWT_SECRET.as_bytes()).mint(user, None, None, Duration::from_secs(3600))
 }
 

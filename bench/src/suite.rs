@@ -1,7 +1,9 @@
-//! `longpoll-bench suite`: every figure of bench/RESULTS.md, in one run, as Markdown
-//! tables. It starts its own servers (`longpoll-local`, and the guide's algorithm as a
-//! baseline) on the broker at `AMQP_URL`, runs each measurement several times and
-//! prints medians; `scripts/bench` runs it on a private RabbitMQ node.
+//! `longpoll-bench suite`: the figures of single polls, throughput, capacity, the
+//! functions under `cargo lambda watch` and their cold start, in one run, as Markdown
+//! tables (latency under load beside Nchan is [`crate::compare`]). It starts its own
+//! servers (`longpoll-local`, and the guide's algorithm as a baseline) on the broker at
+//! `AMQP_URL`, runs each measurement several times and prints medians; `scripts/bench`
+//! runs it on a private RabbitMQ node.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -9,9 +11,12 @@ use longpoll::{Broker, Config, RabbitBroker};
 use longpoll_tests::watch::Watch;
 
 use crate::{
-    cold_start, held,
-    load::{self, LoadOptions, LoadReport, PublishVia},
+    cold_start,
+    compare::{self, LatencyRow, cool_down},
+    held,
+    load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
     probes::{self, Throughput},
+    results,
     server::{Server, sibling},
     stats::{self, median, ms},
 };
@@ -36,18 +41,6 @@ pub struct Options {
     /// The broker's node name for `rabbitmqctl -n` (connections and channels).
     #[arg(long, env = "RABBITMQ_NODENAME")]
     node: Option<String>,
-}
-
-/// One row of the latency table: medians over runs.
-struct LatencyRow {
-    label: String,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    published: usize,
-    lost: usize,
-    errors: usize,
 }
 
 pub async fn run(options: Options) {
@@ -93,40 +86,8 @@ pub async fn run(options: Options) {
         );
         direct.push(probes::publish_throughput(Throughput::Library, library.clone(), 4, 5.0).await);
     }
-    // Publish→response under load.
+    // Publish→response under load is `longpoll-bench compare` (`scripts/bench compare`).
     let mut rows = Vec::new();
-    for (users, rate) in [(200, 100), (2000, 500)] {
-        let mut variants = vec![
-            ("longpoll", &ours, false),
-            ("guide's algorithm (basic_get every 0.3 s)", &guide, false),
-        ];
-        if users == 2000 {
-            variants.insert(1, ("longpoll, cursor mode", &ours, true));
-        }
-        for (name, server, cursor) in variants {
-            let label = format!("N={users}, R={rate}/s: {name}");
-            let mut reports = Vec::new();
-            for run in 1..=runs {
-                let report = load::run(LoadOptions {
-                    url: server.url.clone(),
-                    users,
-                    ramp_per_second: 500,
-                    publish_rate: rate,
-                    seconds: options.seconds,
-                    drain: Duration::from_secs(30),
-                    publish: PublishVia::Library(library.clone()),
-                    cursor,
-                    server_pid: Some(server.pid),
-                })
-                .await;
-                eprintln!("  {label} #{run}: {}", report.summary());
-                reports.push(report);
-                cool_down().await;
-            }
-            rows.push(latency_row(label, &reports));
-        }
-    }
-
     drop(guide);
 
     // Capacity: held polls in one server process.
@@ -140,12 +101,13 @@ pub async fn run(options: Options) {
             users: options.held_polls,
             ramp_per_second: 200,
             publish_rate: 50,
+            warm_up: Duration::ZERO,
             seconds: options.held_seconds,
             drain: Duration::from_secs(30),
             publish: PublishVia::Endpoint {
                 api_key: longpoll::config::DEV_PUBLISH_KEY.to_owned(),
             },
-            cursor: false,
+            mode: PollMode::Guide,
             server_pid: Some(fresh.pid),
         })
         .await;
@@ -160,7 +122,6 @@ pub async fn run(options: Options) {
     if !options.no_watch && cargo_lambda_installed() {
         eprintln!("  starting cargo lambda watch (builds the functions on first use) ...");
         let watch = Watch::start(&env, &["poll/events/"]).await;
-        let label = "N=8, R=10/s: the functions under cargo lambda watch".to_owned();
         let mut reports = Vec::new();
         for _ in 0..runs {
             reports.push(
@@ -169,17 +130,23 @@ pub async fn run(options: Options) {
                     users: 8,
                     ramp_per_second: 8,
                     publish_rate: 10,
+                    warm_up: Duration::ZERO,
                     seconds: options.seconds,
                     drain: Duration::from_secs(30),
                     publish: PublishVia::Library(library.clone()),
-                    cursor: false,
+                    mode: PollMode::Guide,
                     server_pid: None,
                 })
                 .await,
             );
             cool_down().await;
         }
-        rows.push(latency_row(label, &reports));
+        rows.push(LatencyRow::of(
+            8,
+            10,
+            "the functions under cargo lambda watch",
+            &reports,
+        ));
     }
 
     // Function cold start and memory.
@@ -197,30 +164,6 @@ pub async fn run(options: Options) {
     library.close().await;
 }
 
-/// Lets the polls a finished run left behind end (the server holds them to the end of
-/// their hold even though the client is gone) before the next measurement.
-async fn cool_down() {
-    tokio::time::sleep(probes::HOLD + Duration::from_secs(2)).await;
-}
-
-fn latency_row(label: String, reports: &[LoadReport]) -> LatencyRow {
-    let figures: Vec<[f64; 4]> = reports.iter().map(LoadReport::latency_ms).collect();
-    let column = |i: usize| median(&figures.iter().map(|f| f[i]).collect::<Vec<_>>());
-    LatencyRow {
-        label,
-        p50: column(0),
-        p90: column(1),
-        p99: column(2),
-        max: column(3),
-        published: reports.iter().map(|r| r.published).sum(),
-        lost: reports.iter().map(|r| r.lost).sum(),
-        errors: reports
-            .iter()
-            .map(|r| r.poll_failures.values().sum::<usize>())
-            .sum(),
-    }
-}
-
 fn print_tables(
     rows: &[LatencyRow],
     queued: &[(&str, f64, f64)],
@@ -229,38 +172,9 @@ fn print_tables(
     capacity: Option<&(LoadReport, held::AmqpUsage)>,
     functions: &cold_start::FunctionFigures,
 ) {
-    println!(
-        "\n### Publish→response latency under load (medians of runs; lost and failed polls summed)\n"
-    );
-    println!(
-        "| N users, R events/s: server | p50 ms | p90 ms | p99 ms | max ms | events | lost | failed polls |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for row in rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            row.label,
-            ms(row.p50),
-            ms(row.p90),
-            ms(row.p99),
-            ms(row.max),
-            row.published,
-            row.lost,
-            row.errors
-        );
-    }
-    for guide in rows.iter().filter(|row| row.label.contains("guide")) {
-        let scenario = guide.label.split(':').next().unwrap_or_default();
-        if let Some(ours) = rows
-            .iter()
-            .find(|row| row.label == format!("{scenario}: longpoll"))
-        {
-            println!(
-                "\n{scenario}: the guide's algorithm takes {:.0}× as long at p50, {:.0}× at p99",
-                guide.p50 / ours.p50,
-                guide.p99 / ours.p99
-            );
-        }
+    if !rows.is_empty() {
+        println!("\n### Publish→response latency: the functions under `cargo lambda watch`\n");
+        compare::print(rows);
     }
 
     println!("\n### Single polls\n");
@@ -368,31 +282,9 @@ fn print_bootstrap_sizes() {
 }
 
 fn describe_machine(amqp_url: &str) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| name.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or("?".to_owned(), |kib| {
-            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
-        });
     println!(
-        "machine: {cores} cores ({cpu}), {memory}; broker {}; servers, broker and load generator share it",
+        "machine: {}; broker {}; servers, broker and load generator share it",
+        results::machine(),
         longpoll::config::redact_url(amqp_url)
     );
 }

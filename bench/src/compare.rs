@@ -1,0 +1,274 @@
+//! Publish→response latency under load, every server in one run: the yardstick (Nchan,
+//! in memory), the local server in the guide's mode and in cursor mode, and the guide's
+//! algorithm, at N=200 users / R=100 events/s and N=2000 / R=500. Each row is also given
+//! as a ratio to Nchan's figure of the same run, since the machine is shared and noisy:
+//! only figures taken side by side compare.
+//!
+//! Each load ramps its users up at 200 a second, lets them poll idle for 25 s, then
+//! publishes for the window; the runs of a load are interleaved (Nchan, longpoll, cursor mode, guide; then again),
+//! so a slow minute of the machine falls on every server alike.
+
+use std::{sync::Arc, time::Duration};
+
+use longpoll::{Broker, Config, RabbitBroker};
+
+use crate::{
+    breakdown,
+    load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
+    nchan::Nchan,
+    probes,
+    server::{Server, sibling},
+    stats::{median, ms},
+};
+
+/// The servers a comparison runs against.
+pub struct Servers<'a> {
+    pub longpoll: &'a Server,
+    pub guide: &'a Server,
+    /// `None` where nginx with Nchan is not installed: the rows have no ratio.
+    pub nchan: Option<&'a Nchan>,
+    /// Events to the local server and the guide's are published through it (AMQP,
+    /// persistent, confirmed), as a backend does.
+    pub library: Arc<dyn Broker>,
+}
+
+/// New users a second while a load ramps up: what a 2-core broker sets up without a
+/// herd (`scripts/bench herd` measures herds).
+const RAMP_PER_SECOND: usize = 200;
+/// Idle polling between the ramp and the measured window: every user has re-polled a
+/// few times, so the window sees steady state.
+const WARM_UP: Duration = Duration::from_secs(25);
+
+/// The loads, as (users, events per second).
+pub const LOADS: [(usize, u64); 2] = [(200, 100), (2000, 500)];
+
+/// One row of the latency table: medians over runs.
+pub struct LatencyRow {
+    pub users: usize,
+    pub rate: u64,
+    pub server: &'static str,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub published: usize,
+    pub lost: usize,
+    pub failed_polls: usize,
+}
+
+impl LatencyRow {
+    pub fn label(&self) -> String {
+        format!("N={}, R={}/s: {}", self.users, self.rate, self.server)
+    }
+
+    pub fn of(users: usize, rate: u64, server: &'static str, reports: &[LoadReport]) -> LatencyRow {
+        let figures: Vec<[f64; 4]> = reports.iter().map(LoadReport::latency_ms).collect();
+        let column = |i: usize| median(&figures.iter().map(|f| f[i]).collect::<Vec<_>>());
+        LatencyRow {
+            users,
+            rate,
+            server,
+            p50: column(0),
+            p90: column(1),
+            p99: column(2),
+            max: column(3),
+            published: reports.iter().map(|r| r.published).sum(),
+            lost: reports.iter().map(|r| r.lost).sum(),
+            failed_polls: reports
+                .iter()
+                .map(|r| r.poll_failures.values().sum::<usize>())
+                .sum(),
+        }
+    }
+}
+
+pub const NCHAN: &str = "Nchan (in memory, the yardstick)";
+pub const LONGPOLL: &str = "longpoll";
+pub const CURSOR: &str = "longpoll, cursor mode";
+pub const GUIDE: &str = "guide's algorithm (basic_get every 0.3 s)";
+
+/// `longpoll-bench compare`: starts the servers (the local server and the guide's on the
+/// broker at `AMQP_URL`, and Nchan), runs the loads and prints the table.
+pub async fn standalone(runs: usize, seconds: u64) {
+    let amqp_url =
+        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+    let library: Arc<dyn Broker> = Arc::new(RabbitBroker::new(&Config::new(
+        &amqp_url,
+        None,
+        "longpoll-bench",
+    )));
+    let env = [("AMQP_URL", amqp_url.as_str())];
+    let longpoll = Server::start(sibling("longpoll-local"), &[], &env).await;
+    let me = std::env::current_exe().expect("the running executable's path");
+    let guide = Server::start(me, &["guide-server"], &env).await;
+    let nchan = match Nchan::unavailable() {
+        None => Some(Nchan::start().await),
+        Some(why) => {
+            eprintln!("  no yardstick: {why}");
+            None
+        }
+    };
+    let servers = Servers {
+        longpoll: &longpoll,
+        guide: &guide,
+        nchan: nchan.as_ref(),
+        library: library.clone(),
+    };
+    // `--runs 0`: the breakdown alone.
+    let rows = if runs > 0 {
+        run(&servers, runs, seconds).await
+    } else {
+        Vec::new()
+    };
+    let steps = breakdown::measure(
+        &amqp_url,
+        library.clone(),
+        &longpoll.url,
+        nchan.as_ref().map(|nchan| nchan.url.as_str()),
+    )
+    .await;
+    if !rows.is_empty() {
+        println!("### Publish→response latency under load, beside Nchan\n");
+        print(&rows);
+    }
+    println!("\n### Where the time goes\n");
+    breakdown::print(&steps);
+    library.close().await;
+}
+
+/// Runs every load `runs` times against every server; one row per load and server.
+pub async fn run(servers: &Servers<'_>, runs: usize, seconds: u64) -> Vec<LatencyRow> {
+    let mut rows = Vec::new();
+    for (users, rate) in LOADS {
+        let mut variants: Vec<(&'static str, String, PollMode, PublishVia, Option<u32>)> = vec![];
+        if let Some(nchan) = servers.nchan {
+            variants.push((
+                NCHAN,
+                nchan.url.clone(),
+                PollMode::Nchan,
+                PublishVia::Nchan,
+                Some(nchan.pid),
+            ));
+        }
+        let amqp = PublishVia::Library(servers.library.clone());
+        let longpoll = (servers.longpoll.url.clone(), Some(servers.longpoll.pid));
+        variants.push((
+            LONGPOLL,
+            longpoll.0.clone(),
+            PollMode::Guide,
+            amqp.clone(),
+            longpoll.1,
+        ));
+        variants.push((
+            CURSOR,
+            longpoll.0,
+            PollMode::Cursor,
+            amqp.clone(),
+            longpoll.1,
+        ));
+        let guide = &servers.guide;
+        variants.push((
+            GUIDE,
+            guide.url.clone(),
+            PollMode::Guide,
+            amqp,
+            Some(guide.pid),
+        ));
+
+        let mut reports: Vec<Vec<LoadReport>> = variants.iter().map(|_| Vec::new()).collect();
+        for run in 1..=runs.max(1) {
+            for ((server, url, mode, publish, pid), reports) in variants.iter().zip(&mut reports) {
+                let report = load::run(LoadOptions {
+                    url: url.clone(),
+                    users,
+                    ramp_per_second: RAMP_PER_SECOND,
+                    publish_rate: rate,
+                    warm_up: WARM_UP,
+                    seconds,
+                    drain: Duration::from_secs(30),
+                    publish: publish.clone(),
+                    mode: *mode,
+                    server_pid: *pid,
+                })
+                .await;
+                eprintln!(
+                    "  N={users}, R={rate}/s: {server} #{run}: {}",
+                    report.summary()
+                );
+                reports.push(report);
+                cool_down().await;
+            }
+        }
+        for ((server, ..), reports) in variants.iter().zip(&reports) {
+            rows.push(LatencyRow::of(users, rate, server, reports));
+        }
+    }
+    rows
+}
+
+/// Lets the polls a finished run left behind end (the server holds them to the end of
+/// their hold even though the client is gone) before the next measurement.
+pub async fn cool_down() {
+    tokio::time::sleep(probes::HOLD + Duration::from_secs(2)).await;
+}
+
+/// The latency table, each row with its ratio to Nchan's row of the same load.
+pub fn print(rows: &[LatencyRow]) {
+    println!(
+        "| N users, R events/s: server | p50 ms | p90 ms | p99 ms | max ms | p50 / p99 × Nchan | events | lost | failed polls |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        let yardstick = rows.iter().find(|other| {
+            other.users == row.users && other.rate == row.rate && other.server == NCHAN
+        });
+        let ratio = yardstick.map_or("–".to_owned(), |nchan| {
+            format!(
+                "{} / {}",
+                times(row.p50 / nchan.p50),
+                times(row.p99 / nchan.p99)
+            )
+        });
+        println!(
+            "| {} | {} | {} | {} | {} | {ratio} | {} | {} | {} |",
+            row.label(),
+            ms(row.p50),
+            ms(row.p90),
+            ms(row.p99),
+            ms(row.max),
+            row.published,
+            row.lost,
+            row.failed_polls
+        );
+    }
+    print_guide_ratios(rows);
+}
+
+/// How many times as long the guide's algorithm takes as the local server, per load.
+fn print_guide_ratios(rows: &[LatencyRow]) {
+    for guide in rows.iter().filter(|row| row.server == GUIDE) {
+        let ours = rows
+            .iter()
+            .find(|row| (row.users, row.rate, row.server) == (guide.users, guide.rate, LONGPOLL));
+        if let Some(ours) = ours {
+            println!(
+                "\nN={}, R={}/s: the guide's algorithm takes {:.0}× as long as longpoll at p50, {:.0}× at p99.",
+                guide.users,
+                guide.rate,
+                guide.p50 / ours.p50,
+                guide.p99 / ours.p99
+            );
+        }
+    }
+}
+
+/// A ratio such as `1.8×` (`1×` for the yardstick itself, `–` without a figure).
+fn times(ratio: f64) -> String {
+    if ratio.is_nan() {
+        "–".to_owned()
+    } else if ratio >= 10.0 {
+        format!("{ratio:.0}×")
+    } else {
+        format!("{ratio:.1}×")
+    }
+}
