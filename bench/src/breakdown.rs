@@ -38,7 +38,7 @@ use longpoll::{
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
-    load, probes,
+    load, nchan, probes,
     stats::{self, ms},
 };
 
@@ -298,22 +298,10 @@ async fn nchan_steps(nchan: &str) -> (Vec<Duration>, Vec<Duration>) {
     let mut resume: Option<(String, String)> = None;
     let (mut answers, mut publishes) = (Vec::new(), Vec::new());
     for seq in 0..(SAMPLES + 10) as u64 {
-        let mut request = client.get(&sub);
-        if let Some((last_modified, etag)) = &resume {
-            request = request
-                .header("if-modified-since", last_modified)
-                .header("if-none-match", etag);
-        }
+        let request = nchan::subscribe(&client, &sub, resume.as_ref());
         let poll = tokio::spawn(async move {
             let response = request.send().await.unwrap();
-            let header = |name| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let next = header("last-modified").zip(header("etag"));
+            let next = nchan::resume_after(&response);
             let _ = response.bytes().await;
             (Instant::now(), next)
         });

@@ -32,7 +32,7 @@ use longpoll::{
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::stats;
+use crate::{nchan, stats};
 
 /// Where the load's events are published.
 #[derive(Clone)]
@@ -341,12 +341,7 @@ impl Poller {
                     .client
                     .get(format!("{}?device=bench&ack={acked}", self.url))
                     .bearer_auth(&self.token),
-                Resume::Nchan(None) => self.client.get(&self.url),
-                Resume::Nchan(Some((last_modified, etag))) => self
-                    .client
-                    .get(&self.url)
-                    .header("if-modified-since", last_modified)
-                    .header("if-none-match", etag),
+                Resume::Nchan(resume) => nchan::subscribe(&self.client, &self.url, resume.as_ref()),
             };
             counters.in_flight.fetch_add(1, Ordering::Relaxed);
             let outcome = request.send().await;
@@ -373,14 +368,7 @@ impl Poller {
             };
             let events = match &mut self.resume {
                 Resume::Nchan(resume) => {
-                    let header = |name| {
-                        response
-                            .headers()
-                            .get(name)
-                            .and_then(|value| value.to_str().ok())
-                            .map(str::to_owned)
-                    };
-                    *resume = header("last-modified").zip(header("etag"));
+                    *resume = nchan::resume_after(&response);
                     response.json::<Value>().await.map(|message| vec![message])
                 }
                 _ => response.json::<Value>().await.map(|body| match body {

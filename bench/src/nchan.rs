@@ -86,6 +86,34 @@ impl Nchan {
     }
 }
 
+/// A long-poll subscription's request: from the start of the channel's buffer, or past
+/// the message that `resume` names (its `Last-Modified` and `Etag`).
+pub fn subscribe(
+    client: &reqwest::Client,
+    url: &str,
+    resume: Option<&(String, String)>,
+) -> reqwest::RequestBuilder {
+    let request = client.get(url);
+    match resume {
+        Some((last_modified, etag)) => request
+            .header("if-modified-since", last_modified)
+            .header("if-none-match", etag),
+        None => request,
+    }
+}
+
+/// Where the next subscription resumes after this answer: its `Last-Modified` and `Etag`.
+pub fn resume_after(response: &reqwest::Response) -> Option<(String, String)> {
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    header("last-modified").zip(header("etag"))
+}
+
 impl Drop for Nchan {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -53,6 +53,37 @@ pub struct HeldPolls {
 /// A function process; killed when dropped.
 pub struct Function(pub Child);
 
+impl Function {
+    /// `binary` (a function) against `runtime`, serving up to `concurrency` invocations
+    /// at once, on the broker at `amqp_url` with the development JWT secret; its AMQP
+    /// connection is named after `name`. `env` adds to (or overrides) that environment.
+    pub fn start(
+        binary: &Path,
+        runtime: &RuntimeApi,
+        concurrency: usize,
+        name: &str,
+        amqp_url: &str,
+        env: &[(&str, &str)],
+    ) -> Function {
+        Function(
+            Command::new(binary)
+                .env_clear()
+                .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
+                .env("AWS_LAMBDA_MAX_CONCURRENCY", concurrency.to_string())
+                .env("AWS_LAMBDA_FUNCTION_NAME", name)
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+                .env("AMQP_URL", amqp_url)
+                .env("JWT_SECRET", DEV_JWT_SECRET)
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display())),
+        )
+    }
+}
+
 impl Drop for Function {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -70,21 +101,7 @@ pub async fn hold_in_one_process(
     polls: usize,
 ) -> HeldPolls {
     let runtime = RuntimeApi::start().await;
-    let function = Function(
-        Command::new(binary)
-            .env_clear()
-            .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
-            .env("AWS_LAMBDA_MAX_CONCURRENCY", polls.to_string())
-            .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AMQP_URL", amqp_url)
-            .env("JWT_SECRET", DEV_JWT_SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display())),
-    );
+    let function = Function::start(binary, &runtime, polls, FUNCTION_NAME, amqp_url, &[]);
     let pid = function.0.id();
     let users: Vec<UserId> = (0..polls).map(|_| unique_user()).collect();
     let tokens = TokenIssuer::new(DEV_JWT_SECRET.as_bytes());
@@ -125,7 +142,11 @@ pub async fn hold_in_one_process(
     // one event of their own.
     let cpu_before = cpu_time(pid);
     let held = poll_all(&runtime, &events);
-    let publisher = RabbitBroker::new(&Config::new(amqp_url, None, "managed-publisher"));
+    // One batch of every user's event, confirmed together: on a busy machine that may
+    // take longer than the default operation timeout.
+    let mut publishing = Config::new(amqp_url, None, "managed-publisher");
+    publishing.amqp_timeout = Duration::from_secs(30);
+    let publisher = RabbitBroker::new(&publishing);
     let publish = async {
         let started = Instant::now();
         while user_queue_consumers(node) < polls {
@@ -149,12 +170,8 @@ pub async fn hold_in_one_process(
                 event: message(i as i64).prepare(),
             })
             .collect();
-        // In batches of 100, as the publish endpoint takes them: one batch of all of them
-        // may outlast the broker operation timeout on a busy machine.
-        for chunk in batch.chunks(100) {
-            let receipts = publisher.publish(chunk).await.expect("publish");
-            assert!(receipts.iter().all(|receipt| receipt.routed));
-        }
+        let receipts = publisher.publish(&batch).await.expect("publish");
+        assert!(receipts.iter().all(|receipt| receipt.routed));
         (cpu_setting_up, rss_kib, connections)
     };
     let (answers, (cpu_setting_up, rss_kib, connections)) = tokio::join!(held, publish);

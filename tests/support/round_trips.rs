@@ -7,7 +7,7 @@
 //! an ack) and sent to it (`send_cnt`). Used by poll-events' `tests/round_trips.rs`
 //! (which checks the goal) and `longpoll-bench trips` (which prints the figures).
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use longpoll::{config::DEV_JWT_SECRET, token::TokenIssuer};
 
@@ -55,20 +55,14 @@ pub async fn idle_polls(
     idle_polls: usize,
 ) -> RoundTrips {
     let runtime = RuntimeApi::start().await;
-    let _function = Function(
-        Command::new(binary)
-            .env_clear()
-            .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
-            .env("AWS_LAMBDA_MAX_CONCURRENCY", "1")
-            .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AMQP_URL", amqp_url)
-            .env("JWT_SECRET", DEV_JWT_SECRET)
-            .env("POLL_TIMEOUT_MS", HOLD.as_millis().to_string())
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display())),
+    let hold = HOLD.as_millis().to_string();
+    let _function = Function::start(
+        binary,
+        &runtime,
+        1,
+        FUNCTION_NAME,
+        amqp_url,
+        &[("POLL_TIMEOUT_MS", hold.as_str())],
     );
     let token = TokenIssuer::new(DEV_JWT_SECRET.as_bytes()).mint(
         unique_user(),
