@@ -297,7 +297,32 @@ impl Poll for RabbitBroker {
         subscriber: &Subscriber,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        let _answering = self.presence_refreshes.until_answered(subscriber.user_id);
+        let poll = self.poll_events(subscriber, budget);
+        self.presence_refreshes
+            .answering(subscriber.user_id, poll)
+            .await
+    }
+
+    async fn wait_with_cursor(
+        &self,
+        subscriber: &Subscriber,
+        acked: &str,
+        budget: &PollBudget,
+    ) -> Result<Vec<Event>, BrokerError> {
+        let poll = self.poll_after_cursor(subscriber, acked, budget);
+        self.presence_refreshes
+            .answering(subscriber.user_id, poll)
+            .await
+    }
+}
+
+impl RabbitBroker {
+    /// A guide-mode poll: a consumer for the hold, then the batch acked.
+    async fn poll_events(
+        &self,
+        subscriber: &Subscriber,
+        budget: &PollBudget,
+    ) -> Result<Vec<Event>, BrokerError> {
         self.make_room(subscriber).await?;
         let taken = self.take(subscriber, budget, MAX_BATCH).await?;
         // A failed settle may still have removed some of the batch (acks have no
@@ -311,13 +336,13 @@ impl Poll for RabbitBroker {
         Ok(taken.events().flatten().collect())
     }
 
-    async fn wait_with_cursor(
+    /// A cursor-mode poll: the acknowledged prefix removed, the rest answered and kept.
+    async fn poll_after_cursor(
         &self,
         subscriber: &Subscriber,
         acked: &str,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        let _answering = self.presence_refreshes.until_answered(subscriber.user_id);
         self.make_room(subscriber).await?;
         let mut acked = Some(acked);
         loop {

@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
@@ -28,6 +29,7 @@ use super::{
 use crate::{
     broker::{BrokerError, Presence},
     budget::PollBudget,
+    http::RETRY_AFTER_SECS,
     topology::{
         CollegeId, UserId, college_presence_key, presence_queue_arguments, presence_queue_name,
     },
@@ -43,29 +45,24 @@ const MAX_REMEMBERED: usize = 100_000;
 /// be declared again.
 const CHAIN_GAP: Duration = Duration::from_secs(3);
 
-/// When this process last declared each user's presence queue, and when it last
-/// answered one of their polls. The declare is skipped while both are recent: declared
-/// within a tenth to a fifth of the TTL (at random, so users who came together do not
-/// refresh together; the queue then lapses 80 to 100 % of the TTL after the last poll),
-/// and the user's previous poll answered by this process within [`CHAIN_GAP`].
+/// After a poll that failed, the client was told to wait `Retry-After` first: its retry
+/// still continues the chain. Without this a reconnect herd's retries would each declare
+/// their presence again, adding to the very load that failed them.
+const RETRY_GAP: Duration = CHAIN_GAP.saturating_add(Duration::from_secs(RETRY_AFTER_SECS));
+
+/// When this process last declared each user's presence queue, and by when the user's
+/// next poll must come to continue their chain of polls. The declare is skipped while
+/// both hold: declared within a tenth to a fifth of the TTL (at random, so users who
+/// came together do not refresh together; the queue then lapses 80 to 100 % of the TTL
+/// after the last poll), and the next poll within [`CHAIN_GAP`] of the previous answer
+/// ([`RETRY_GAP`] after a failed one).
 #[derive(Default)]
 pub(super) struct Refreshes(Mutex<HashMap<UserId, Refresh>>);
 
 struct Refresh {
     due: Instant,
     college: Option<CollegeId>,
-    last_answered: Option<Instant>,
-}
-
-/// A poll in progress; see [`Refreshes::until_answered`].
-pub(super) struct Answering<'a>(&'a Refreshes, UserId);
-
-impl Drop for Answering<'_> {
-    fn drop(&mut self) {
-        if let Some(refresh) = self.0.lock().get_mut(&self.1) {
-            refresh.last_answered = Some(Instant::now());
-        }
-    }
+    chain_until: Option<Instant>,
 }
 
 impl Refreshes {
@@ -81,9 +78,7 @@ impl Refreshes {
         self.lock().get(&user).is_some_and(|refresh| {
             refresh.due > now
                 && refresh.college == college
-                && refresh
-                    .last_answered
-                    .is_some_and(|answered| now - answered < CHAIN_GAP)
+                && refresh.chain_until.is_some_and(|until| now < until)
         })
     }
 
@@ -98,26 +93,54 @@ impl Refreshes {
             }
         }
         let jitter = (uuid::Uuid::new_v4().as_u128() % 1_000) as f64 / 1_000.0;
-        let last_answered = refreshes.get(&user).and_then(|r| r.last_answered);
+        let chain_until = refreshes.get(&user).and_then(|r| r.chain_until);
         let due = now + ttl.mul_f64(0.1 + 0.1 * jitter);
         refreshes.insert(
             user,
             Refresh {
                 due,
                 college,
-                last_answered,
+                chain_until,
             },
         );
     }
 
-    /// Notes, when the returned guard drops, that a poll of `user` was answered (with
-    /// events, empty, or an error).
-    pub fn until_answered(&self, user: UserId) -> Answering<'_> {
-        Answering(self, user)
+    /// Runs `poll`, a poll of `user`, and notes when it was answered and whether it
+    /// failed, which is when the user's next poll must come to skip the declare. A poll
+    /// dropped unfinished (its client went away) counts as answered.
+    pub async fn answering<T>(
+        &self,
+        user: UserId,
+        poll: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let mut answering = Answering {
+            refreshes: self,
+            user,
+            failed: false,
+        };
+        let answer = poll.await;
+        answering.failed = answer.is_err();
+        answer
     }
 
     fn forget(&self, user: UserId) {
         self.lock().remove(&user);
+    }
+}
+
+/// A poll in progress; see [`Refreshes::answering`].
+struct Answering<'a> {
+    refreshes: &'a Refreshes,
+    user: UserId,
+    failed: bool,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        let gap = if self.failed { RETRY_GAP } else { CHAIN_GAP };
+        if let Some(refresh) = self.refreshes.lock().get_mut(&self.user) {
+            refresh.chain_until = Some(Instant::now() + gap);
+        }
     }
 }
 
@@ -248,5 +271,62 @@ impl RabbitBroker {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(300);
+    const USER: UserId = UserId(7);
+
+    async fn poll(refreshes: &Refreshes, failed: bool) {
+        let answer = if failed {
+            Err(BrokerError::Timeout("poll set-up"))
+        } else {
+            Ok(())
+        };
+        let _ = refreshes.answering(USER, async { answer }).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_re_poll_without_pause_skips_the_declare_and_a_pause_does_not() {
+        let refreshes = Refreshes::default();
+        assert!(!refreshes.fresh(USER, None), "never declared");
+        refreshes.declared(USER, None, TTL);
+        assert!(!refreshes.fresh(USER, None), "no poll answered yet");
+        poll(&refreshes, false).await;
+        tokio::time::advance(CHAIN_GAP - Duration::from_millis(100)).await;
+        assert!(refreshes.fresh(USER, None));
+        assert!(
+            !refreshes.fresh(USER, Some(CollegeId(1))),
+            "another college"
+        );
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(!refreshes.fresh(USER, None), "a pause past the chain gap");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_a_failed_poll_continues_the_chain() {
+        let refreshes = Refreshes::default();
+        refreshes.declared(USER, None, TTL);
+        poll(&refreshes, true).await;
+        // The client waits Retry-After, then some jitter.
+        tokio::time::advance(Duration::from_secs(RETRY_AFTER_SECS) + Duration::from_secs(2)).await;
+        assert!(refreshes.fresh(USER, None));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!refreshes.fresh(USER, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_declare_comes_again_within_a_fifth_of_the_ttl() {
+        let refreshes = Refreshes::default();
+        refreshes.declared(USER, None, TTL);
+        for _ in 0..30 {
+            poll(&refreshes, false).await;
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        assert!(!refreshes.fresh(USER, None), "60 s = a fifth of the TTL");
     }
 }

@@ -87,10 +87,6 @@ impl LingeringBroker {
         subscriber: &Subscriber,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        let _answering = self
-            .rabbit
-            .presence_refreshes
-            .until_answered(subscriber.user_id);
         let queue = subscriber.queue_name();
         let attached = self.attach_lingering(subscriber, budget).await?;
         let taken = attached.take(budget.hold_until()).await;
@@ -109,10 +105,6 @@ impl LingeringBroker {
         acked: &str,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        let _answering = self
-            .rabbit
-            .presence_refreshes
-            .until_answered(subscriber.user_id);
         let queue = subscriber.queue_name();
         let attached = self.attach_lingering(subscriber, budget).await?;
         let acknowledged =
@@ -157,8 +149,14 @@ impl Poll for LingeringBroker {
         subscriber: &Subscriber,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        self.rabbit.make_room(subscriber).await?;
-        self.wait_lingering(subscriber, budget).await
+        let poll = async {
+            self.rabbit.make_room(subscriber).await?;
+            self.wait_lingering(subscriber, budget).await
+        };
+        self.rabbit
+            .presence_refreshes
+            .answering(subscriber.user_id, poll)
+            .await
     }
 
     async fn wait_with_cursor(
@@ -167,8 +165,14 @@ impl Poll for LingeringBroker {
         acked: &str,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        self.rabbit.make_room(subscriber).await?;
-        self.wait_lingering_with_cursor(subscriber, acked, budget)
+        let poll = async {
+            self.rabbit.make_room(subscriber).await?;
+            self.wait_lingering_with_cursor(subscriber, acked, budget)
+                .await
+        };
+        self.rabbit
+            .presence_refreshes
+            .answering(subscriber.user_id, poll)
             .await
     }
 }
