@@ -7,64 +7,15 @@
 //! Needs moto and boto3 (`tests/infra/requirements.txt`, installed by `scripts/test`
 //! into the venv `LONGPOLL_PYTHON` points at) and `cargo lambda`.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use longpoll::token::TokenIssuer;
-use longpoll_tests::{unique_name, unique_user, watch::Watch};
+use longpoll_tests::{
+    moto::{AWS_ENVIRONMENT, Moto, python},
+    unique_name, unique_user,
+    watch::Watch,
+};
 use serde_json::Value;
-use tokio::time::Instant;
-
-fn python() -> String {
-    std::env::var("LONGPOLL_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// moto's server, stopped when dropped.
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-const AWS_ENVIRONMENT: [(&str, &str); 3] = [
-    ("AWS_REGION", "eu-west-1"),
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-];
-
-async fn start_moto() -> (Moto, String) {
-    let port = longpoll_tests::watch::free_port();
-    let moto = Moto(
-        Command::new(python())
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python with moto (pip install -r tests/infra/requirements.txt)"),
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while reqwest::get(format!("{endpoint}/moto-api/")).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "moto's server did not start (pip install -r tests/infra/requirements.txt)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    (moto, endpoint)
-}
 
 /// Creates the two secrets and returns their ARNs (broker, JWT).
 fn seed_secrets(endpoint: &str, broker_secret: &str, jwt_secret: &str) -> (String, String) {
@@ -89,7 +40,8 @@ fn seed_secrets(endpoint: &str, broker_secret: &str, jwt_secret: &str) -> (Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_read_the_broker_and_jwt_secrets_from_secrets_manager() {
-    let (_moto, endpoint) = start_moto().await;
+    let moto = Moto::start().await;
+    let endpoint = moto.endpoint.clone();
     let jwt_secret = format!("from-secrets-manager-{}", unique_name("jwt"));
     // What Amazon MQ's generated secret holds: credentials, with the endpoint beside it.
     let (amqp_arn, jwt_arn) = seed_secrets(

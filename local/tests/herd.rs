@@ -1,10 +1,12 @@
 //! A reconnect herd on a fresh private RabbitMQ node: every client of a deploy, restart
 //! or network blip polls at once, as a new user (no queue, no presence yet).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use longpoll::{config::DEV_JWT_SECRET, token::TokenIssuer};
-use longpoll_local::{BrokerKind, Functions, cors, serve};
+mod common;
+
+use longpoll_local::BrokerKind;
 use longpoll_tests::{private_node::PrivateNode, unique_name, unique_user};
 use tokio::time::Instant;
 
@@ -22,15 +24,7 @@ const HOLD: Duration = Duration::from_millis(5500);
 async fn a_herd_of_a_thousand_new_users_is_held() {
     let node = PrivateNode::start(None);
     let config = longpoll::Config::new(&node.url(), None, &unique_name("herd"));
-    let functions = Arc::new(Functions::new(config, BrokerKind::RabbitMq).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(
-        listener,
-        functions,
-        cors(&["*".to_owned()]),
-        std::future::pending(),
-    ));
+    let base = common::start(config, BrokerKind::RabbitMq).await;
 
     let issuer = TokenIssuer::new(DEV_JWT_SECRET.as_bytes());
     let client = reqwest::Client::builder()

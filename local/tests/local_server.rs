@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
 use longpoll_local::{BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, serve};
 use longpoll_tests::{
     config,
@@ -19,16 +21,7 @@ use longpoll_tests::{
 async fn start(kind: BrokerKind) -> String {
     let mut config = config(&unique_name("local"));
     config.jwt_secret = None; // as a fresh clone runs it: the development secret
-    let functions = Arc::new(Functions::new(config, kind).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(
-        listener,
-        functions,
-        cors(&["*".to_owned()]),
-        std::future::pending(),
-    ));
-    base
+    common::start(config, kind).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -355,3 +355,47 @@ fn the_template_guards_concurrency_and_logs() {
         }
     }
 }
+
+/// The functions connect as their own broker user, never as Amazon MQ's administrator:
+/// its secret is the only broker secret their policy lets them read, and their
+/// environment names it through the `FunctionBrokerUser` resource (so no function starts
+/// before the user exists), whose code is the handler `local/tests/broker_user.rs` runs.
+#[test]
+fn the_functions_use_their_least_privilege_broker_user() {
+    let template = template();
+    let resources = &template["Resources"];
+    for (name, resource) in resources.as_mapping().unwrap() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let refs = tagged_strings(&resource["Properties"]["Policies"], "Ref");
+        if refs.is_empty() {
+            continue; // no secrets (poll/test/ never talks to the broker)
+        }
+        assert!(
+            refs.contains(&"FunctionBrokerCredentials".to_owned()),
+            "{name:?}: {refs:?}"
+        );
+        assert!(
+            !refs.contains(&"BrokerCredentials".to_owned()),
+            "{name:?} reads the admin"
+        );
+    }
+    let environment = &template["Globals"]["Function"]["Environment"]["Variables"];
+    let secret = tagged_strings(&environment["AMQP_SECRET_ARN"], "GetAtt");
+    assert_eq!(secret, ["FunctionBrokerUser.SecretArn"]);
+    let user = &resources["FunctionBrokerUser"]["Properties"];
+    assert_eq!(user["Exchange"], environment["EVENTS_EXCHANGE"]);
+    assert_eq!(
+        tagged_strings(&user["UserSecretArn"], "Ref"),
+        ["FunctionBrokerCredentials"]
+    );
+    assert_eq!(
+        tagged_strings(&user["AdminSecretArn"], "Ref"),
+        ["BrokerCredentials"]
+    );
+    let function = &resources["BrokerUserFunction"]["Properties"];
+    assert_eq!(function["Code"], "infra/broker-user");
+    assert_eq!(function["Handler"], "index.handler");
+    assert!(std::path::Path::new(&format!("{WORKSPACE}/infra/broker-user/index.py")).exists());
+}

@@ -8,6 +8,7 @@
 //! expire on their own.
 
 pub mod managed;
+pub mod moto;
 pub mod private_node;
 pub mod process;
 pub mod round_trips;

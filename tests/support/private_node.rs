@@ -8,11 +8,22 @@ const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// A node on its own port, data dir and node name; stopped (data removed) when dropped.
 pub struct PrivateNode {
     pub port: u16,
+    /// The management API's port, if the node runs it.
+    pub management_port: Option<u16>,
 }
 
 impl PrivateNode {
     /// Starts a node on a free port, loading `definitions` if given.
     pub fn start(definitions: Option<&str>) -> Self {
+        Self::start_with(definitions, None)
+    }
+
+    /// Starts a node that also serves RabbitMQ's management API (HTTP, loopback).
+    pub fn start_with_management() -> Self {
+        Self::start_with(None, Some(crate::watch::free_port()))
+    }
+
+    fn start_with(definitions: Option<&str>, management_port: Option<u16>) -> Self {
         let port = crate::watch::free_port();
         // Its Erlang distribution port, free too (the script's default, PORT + 20000,
         // may be taken or past 65535 for a port the system handed out).
@@ -24,9 +35,15 @@ impl PrivateNode {
         if let Some(definitions) = definitions {
             command.env("DEFINITIONS", definitions);
         }
+        if let Some(management_port) = management_port {
+            command.env("MANAGEMENT_PORT", management_port.to_string());
+        }
         let status = command.status().expect("scripts/private-rabbitmq runs");
         assert!(status.success(), "the private node on {port} started");
-        Self { port }
+        Self {
+            port,
+            management_port,
+        }
     }
 
     pub fn url(&self) -> String {
