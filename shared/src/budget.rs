@@ -19,9 +19,14 @@
 //! So a poll answers within [`PollBudget::longest`] of its start, and the template's
 //! function timeout is checked against that by a test.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    future::Future,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep_until};
+
+use crate::drain::{self, Drain};
 
 /// The least time a poll's set-up gets, even when the hold is shorter.
 pub const LEAST_SET_UP: Duration = Duration::from_millis(1500);
@@ -37,10 +42,22 @@ pub const DEADLINE_MARGIN: Duration = CLEAN_UP.saturating_add(Duration::from_mil
 const LONGEST_LAMBDA_RUN: Duration = Duration::from_secs(15 * 60);
 
 /// When a poll's stages must end; see the module note.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct PollBudget {
     hold_until: Instant,
     set_up_until: Instant,
+    /// Ends the hold early when the process stops ([`drain`]).
+    drain: &'static Drain,
+}
+
+impl std::fmt::Debug for PollBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollBudget")
+            .field("hold_until", &self.hold_until)
+            .field("set_up_until", &self.set_up_until)
+            .field("draining", &self.drain.begun())
+            .finish()
+    }
 }
 
 impl PollBudget {
@@ -58,6 +75,7 @@ impl PollBudget {
         Self {
             hold_until: limit(hold),
             set_up_until: limit(hold.max(LEAST_SET_UP)),
+            drain: &drain::PROCESS,
         }
     }
 
@@ -67,12 +85,35 @@ impl PollBudget {
         Self {
             hold_until,
             set_up_until: hold_until.max(Instant::now() + LEAST_SET_UP),
+            drain: &drain::PROCESS,
         }
+    }
+
+    /// This budget, its hold ended early by `drain` instead of the process's.
+    pub fn drained_by(self, drain: &'static Drain) -> Self {
+        Self { drain, ..self }
     }
 
     /// When the wait for events ends; the poll answers with what it has then.
     pub fn hold_until(&self) -> Instant {
         self.hold_until
+    }
+
+    /// Runs `wait` until the hold ends (its time is up, or the process drains); `None`
+    /// if the hold ended first.
+    pub async fn within_hold<F: Future>(&self, wait: F) -> Option<F::Output> {
+        tokio::select! {
+            // What is ready is answered, even when the hold ended meanwhile.
+            biased;
+            output = wait => Some(output),
+            () = sleep_until(self.hold_until) => None,
+            () = self.drain.begins() => None,
+        }
+    }
+
+    /// Whether the hold has ended (its time is up, or the process drains).
+    pub fn hold_over(&self) -> bool {
+        Instant::now() >= self.hold_until || self.drain.begun()
     }
 
     /// When presence, the declare and the consume must be done by.
@@ -142,5 +183,22 @@ mod tests {
             LEAST_SET_UP + CLEAN_UP
         );
         assert_eq!(PollBudget::longest(HOLD), HOLD + CLEAN_UP);
+    }
+
+    #[tokio::test]
+    async fn draining_ends_the_hold_at_once() {
+        let drain: &'static Drain = Box::leak(Box::new(Drain::new()));
+        let budget = PollBudget::new(HOLD, None).drained_by(drain);
+        assert!(!budget.hold_over());
+        let started = Instant::now();
+        let held =
+            tokio::spawn(async move { budget.within_hold(std::future::pending::<()>()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drain.begin();
+        assert_eq!(held.await.unwrap(), None);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(budget.hold_over());
+        // What is already there is still answered.
+        assert_eq!(budget.within_hold(async { 7 }).await, Some(7));
     }
 }

@@ -1,15 +1,43 @@
 //! The Lambda side of every `main`: [`serve`] runs a handler on the Lambda Runtime API.
 
-use std::{future::Future, io, sync::Arc};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use lambda_http::{Body, Error, Request, Response, service_fn};
-use tracing::debug;
+use lambda_http::{
+    Adapter, Body, Error, Request, Response,
+    lambda_runtime::{LambdaInvocation, Runtime, layers::TracingLayer},
+    service_fn,
+    tower::{Service, layer::layer_fn},
+};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::drain;
+
+/// How long a stopping process waits for its invocations to answer once their holds
+/// ended. Lambda gives a runtime 500 ms after SIGTERM (300 ms beside external
+/// extensions) before SIGKILL; a drained poll answers in milliseconds.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(300);
 
 /// Serves `handler`, with `state` shared by every invocation, until the Runtime API goes
 /// away or the process is asked to stop. One invocation at a time on standard Lambda
 /// (and under `cargo lambda watch`, which sets `AWS_LAMBDA_MAX_CONCURRENCY=1`); as many
 /// at once as `AWS_LAMBDA_MAX_CONCURRENCY` on Lambda Managed Instances. (lambda_http's
 /// sequential `run` would warn whenever that variable is set, even to 1.)
+///
+/// Asked to stop (SIGTERM), it drains ([`drain`]): every held poll answers at once with
+/// what it has, and the process exits once every invocation's answer is posted, or after
+/// [`DRAIN_GRACE`]. The broker connection then closes with the process; the broker gives
+/// back whatever a poll had not acked.
 ///
 /// The Runtime API hanging up (the environment shutting down, `cargo lambda watch`
 /// stopping) ends the process quietly: it is how a function's life normally ends, not a
@@ -21,11 +49,36 @@ where
     Fut: Future<Output = Result<Response<Body>, Error>> + Send + 'static,
 {
     let state = Arc::new(state);
-    let runtime =
-        lambda_http::run_concurrent(service_fn(move |request| handler(state.clone(), request)));
+    let in_flight = Arc::new(InFlight::default());
+    let counted = in_flight.clone();
+    // lambda_http's `run_concurrent`, plus a count of the invocations whose answer is
+    // not posted yet (the outermost layer wraps the post to the Runtime API).
+    let runtime = Runtime::new(Adapter::from(service_fn(move |request| {
+        handler(state.clone(), request)
+    })))
+    .layer(TracingLayer::new())
+    .layer(layer_fn(move |inner| Counted {
+        inner,
+        in_flight: counted.clone(),
+    }))
+    .run_concurrent();
+    tokio::pin!(runtime);
     let result = tokio::select! {
-        result = runtime => result,
-        () = stop_requested() => Ok(()),
+        result = &mut runtime => result,
+        () = stop_requested() => {
+            drain::PROCESS.begin();
+            // The runtime keeps running meanwhile: on standard Lambda it is what
+            // answers the invocation in flight.
+            tokio::select! {
+                result = &mut runtime => result,
+                answered = tokio::time::timeout(DRAIN_GRACE, in_flight.idle()) => {
+                    if answered.is_err() {
+                        warn!(unanswered = in_flight.count(), "stopping before every invocation answered");
+                    }
+                    Ok(())
+                }
+            }
+        }
     };
     match result {
         Err(error) if hung_up(&*error) => {
@@ -33,6 +86,75 @@ where
             Ok(())
         }
         result => result,
+    }
+}
+
+/// The invocations under way: received, their answer not yet posted.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once none is under way.
+    async fn idle(&self) {
+        loop {
+            let woken = self.idle.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// One invocation under way, until dropped.
+struct Underway(Arc<InFlight>);
+
+impl Drop for Underway {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The runtime's service, counting its invocations in [`InFlight`].
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    in_flight: Arc<InFlight>,
+}
+
+impl<S> Service<LambdaInvocation> for Counted<S>
+where
+    S: Service<LambdaInvocation>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+        self.in_flight.count.fetch_add(1, Ordering::SeqCst);
+        let underway = Underway(self.in_flight.clone());
+        let answer = self.inner.call(invocation);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(underway);
+            answer
+        })
     }
 }
 

@@ -26,6 +26,8 @@
 //!   and fast tests).
 //! - [`budget`]: [`budget::PollBudget`], how long a poll's set-up, hold and clean-up
 //!   may take, computed once per poll from the hold and the Lambda deadline.
+//! - [`drain`]: a stopping function process ends every hold at once, so its polls
+//!   answer instead of being cut off.
 //! - [`http`]: what every handler needs around the broker: JSON responses, the error to
 //!   status mapping, method checks, the query string, and the poll's budget.
 //! - [`held`]: the cap on the polls one user holds at once in a process.
@@ -44,6 +46,7 @@ pub mod app;
 pub mod broker;
 pub mod budget;
 pub mod config;
+pub mod drain;
 pub mod event;
 pub mod held;
 pub mod http;

@@ -14,10 +14,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use tokio::{
-    sync::Notify,
-    time::{Instant, timeout_at},
-};
+use tokio::{sync::Notify, time::Instant};
 
 use super::{
     Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt,
@@ -235,7 +232,7 @@ impl MemoryBroker {
     async fn wait_until(
         &self,
         subscriber: &Subscriber,
-        deadline: Instant,
+        budget: &PollBudget,
         mut look: impl FnMut(&mut Queue, Instant) -> Vec<Event>,
     ) -> Result<Vec<Event>, BrokerError> {
         let name = subscriber.queue_name();
@@ -274,7 +271,7 @@ impl MemoryBroker {
             if !batch.is_empty() {
                 return Ok(batch);
             }
-            if timeout_at(deadline, arrival).await.is_err() {
+            if budget.within_hold(arrival).await.is_none() {
                 return Ok(Vec::new());
             }
         }
@@ -353,8 +350,7 @@ impl Poll for MemoryBroker {
         subscriber: &Subscriber,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        let deadline = budget.hold_until();
-        self.wait_until(subscriber, deadline, |queue, now| queue.take_batch(now))
+        self.wait_until(subscriber, budget, |queue, now| queue.take_batch(now))
             .await
     }
 
@@ -364,10 +360,9 @@ impl Poll for MemoryBroker {
         acked: &str,
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
-        let deadline = budget.hold_until();
         // The acknowledged prefix goes on the first look only.
         let mut acked = Some(acked);
-        self.wait_until(subscriber, deadline, |queue, now| {
+        self.wait_until(subscriber, budget, |queue, now| {
             queue.ack_and_peek(acked.take(), now)
         })
         .await

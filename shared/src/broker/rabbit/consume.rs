@@ -114,19 +114,19 @@ impl RabbitBroker {
 
         let mut deliveries = Vec::new();
         let mut consumer_ended = false;
-        match timeout_at(budget.hold_until(), consumer.next()).await {
-            Ok(Some(Ok(delivery))) => deliveries.push(delivery),
+        match budget.within_hold(consumer.next()).await {
+            Some(Some(Ok(delivery))) => deliveries.push(delivery),
             // The channel or connection died mid-hold; the broker requeues what it had sent.
-            Ok(Some(Err(error))) => {
+            Some(Some(Err(error))) => {
                 self.declared.forget(&queue);
                 return Err(failed("poll", error));
             }
             // The broker cancelled the consumer (the queue was deleted).
-            Ok(None) => {
+            Some(None) => {
                 consumer_ended = true;
                 self.declared.forget(&queue);
             }
-            Err(_hold_over) => {}
+            None => {} // the hold is over
         }
         let collect = collect_rest(
             &lane.channel,
@@ -376,7 +376,7 @@ impl RabbitBroker {
                 .filter(|(index, _)| !acked(*index))
                 .filter_map(|(_, event)| event)
                 .collect();
-            if !kept.is_empty() || Instant::now() >= budget.hold_until() {
+            if !kept.is_empty() || budget.hold_over() {
                 return Ok(kept.into_iter().take(MAX_BATCH).collect());
             }
         }

@@ -89,7 +89,7 @@ impl LingeringBroker {
     ) -> Result<Vec<Event>, BrokerError> {
         let queue = subscriber.queue_name();
         let attached = self.attach_lingering(subscriber, budget).await?;
-        let taken = attached.take(budget.hold_until()).await;
+        let taken = attached.take(budget).await;
         self.lingering_answer(&queue, taken, |deliveries| {
             deliveries
                 .iter()
@@ -110,11 +110,7 @@ impl LingeringBroker {
         let acknowledged =
             |delivery: &Delivery| decode(&queue, delivery).is_some_and(|event| event.id == acked);
         let taken = attached
-            .take_with_cursor(
-                acknowledged,
-                |delivery| decode(&queue, delivery),
-                budget.hold_until(),
-            )
+            .take_with_cursor(acknowledged, |delivery| decode(&queue, delivery), budget)
             .await;
         self.lingering_answer(&queue, taken, |events| events)
     }

@@ -8,11 +8,12 @@ use std::{
 };
 
 use lapin::{Acker, message::Delivery, options::BasicAckOptions};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 
 use super::{HandedOut, State, Subscription, Taken, failed};
 use crate::{
     broker::BrokerError,
+    budget::PollBudget,
     event::Event,
     topology::{MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL},
 };
@@ -30,14 +31,14 @@ impl Drop for Attached {
 
 impl Attached {
     /// The buffered deliveries (up to a batch), acked, as soon as there are some;
-    /// nothing at `deadline`.
+    /// nothing once the `budget`'s hold is over.
     ///
     /// Two rules of the queue stop applying once the broker has delivered a message, so
     /// they are applied here, to keep the behaviour of one consumer per poll: a message
     /// past its time to live (a 10 s `typing` event) is dropped, and when the buffer is
     /// full (the prefetch of 100) the rest is fetched from the queue and only the newest
     /// 100 are kept, as `x-max-length` with `drop-head` would have.
-    pub async fn take(&self, deadline: Instant) -> Result<Taken<Delivery>, BrokerError> {
+    pub async fn take(&self, budget: &PollBudget) -> Result<Taken<Delivery>, BrokerError> {
         let subscription = &self.0;
         let mut first_look = true;
         loop {
@@ -94,7 +95,7 @@ impl Attached {
             if !kept.is_empty() {
                 return Ok(Taken::Deliveries(kept));
             }
-            if timeout_at(deadline, arrival).await.is_err() {
+            if budget.within_hold(arrival).await.is_none() {
                 return Ok(Taken::Deliveries(Vec::new()));
             }
         }
@@ -104,7 +105,7 @@ impl Attached {
     /// shown to it, up to and including the last one `acknowledged` picks: the event
     /// the client names as the last it received), then answers with the handed-out
     /// deliveries and the buffer, oldest first, up to a batch, as events; with
-    /// nothing, waits for an arrival until `deadline`. What it answers with stays
+    /// nothing, waits for an arrival until the `budget`'s hold is over. What it answers with stays
     /// handed out. Like [`Self::take`], it answers with what has reached the consumer.
     ///
     /// The queue's rules apply here too, as in [`Self::take`]: expired messages are
@@ -118,7 +119,7 @@ impl Attached {
         &self,
         acknowledged: impl Fn(&Delivery) -> bool,
         decode: impl Fn(&Delivery) -> Option<Event>,
-        deadline: Instant,
+        budget: &PollBudget,
     ) -> Result<Taken<Event>, BrokerError> {
         let subscription = &self.0;
         let acked: Vec<Delivery> = {
@@ -199,7 +200,7 @@ impl Attached {
             if !events.is_empty() {
                 return Ok(Taken::Deliveries(events));
             }
-            if timeout_at(deadline, arrival).await.is_err() {
+            if budget.within_hold(arrival).await.is_none() {
                 return Ok(Taken::Deliveries(Vec::new()));
             }
         }
