@@ -13,11 +13,12 @@ use std::{
 };
 
 use lambda_http::{
-    Adapter, Body, Error, Request, Response,
+    Adapter, Body, Error, Request, Response, http,
     lambda_runtime::{LambdaInvocation, Runtime, layers::TracingLayer},
     service_fn,
     tower::{Service, layer::layer_fn},
 };
+use lambda_runtime_api_client::{PooledClient, body::Body as ApiBody};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
@@ -37,7 +38,8 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(300);
 /// Asked to stop (SIGTERM), it drains ([`drain`]): every held poll answers at once with
 /// what it has, and the process exits once every invocation's answer is posted, or after
 /// [`DRAIN_GRACE`]. The broker connection then closes with the process; the broker gives
-/// back whatever a poll had not acked.
+/// back whatever a poll had not acked. Lambda sends that SIGTERM only to a function with
+/// an extension, so it first registers one ([`register_for_shutdown`]).
 ///
 /// The Runtime API hanging up (the environment shutting down, `cargo lambda watch`
 /// stopping) ends the process quietly: it is how a function's life normally ends, not a
@@ -48,6 +50,7 @@ where
     F: Fn(Arc<T>, Request) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Response<Body>, Error>> + Send + 'static,
 {
+    register_for_shutdown().await;
     let state = Arc::new(state);
     let in_flight = Arc::new(InFlight::default());
     let counted = in_flight.clone();
@@ -87,6 +90,47 @@ where
         }
         result => result,
     }
+}
+
+/// The name of the extension [`register_for_shutdown`] registers.
+pub const SHUTDOWN_EXTENSION: &str = "longpoll-drain";
+
+/// Registers an internal extension that asks for no events: Lambda sends the runtime
+/// SIGTERM before it shuts an execution environment down only when the function has an
+/// extension (what lambda_runtime's `graceful-shutdown` feature does, without the
+/// `process::exit` that would cut our drain). Registering belongs to the Init phase,
+/// before the runtime's first `next`. A Runtime API without the Extensions API (`cargo
+/// lambda watch`) refuses it: the function then runs as it would without, and is told
+/// of nothing before it is stopped.
+async fn register_for_shutdown() {
+    let client = PooledClient::builder().build();
+    let register = http::Request::post("/2020-01-01/extension/register")
+        .header("Lambda-Extension-Name", SHUTDOWN_EXTENSION)
+        .body(ApiBody::from(r#"{"events":[]}"#))
+        .expect("a valid request");
+    let id = match client.call(register).await {
+        Ok(reply) if reply.status().is_success() => {
+            reply.headers().get("Lambda-Extension-Identifier").cloned()
+        }
+        Ok(reply) => {
+            debug!(status = %reply.status(), "no Extensions API; no SIGTERM before a shutdown");
+            None
+        }
+        Err(error) => {
+            debug!(%error, "no Extensions API; no SIGTERM before a shutdown");
+            None
+        }
+    };
+    let Some(id) = id else { return };
+    // An extension's `next` is how it says it is ready; asking for no events, it is
+    // never answered before the shutdown.
+    tokio::spawn(async move {
+        let next = http::Request::get("/2020-01-01/extension/event/next")
+            .header("Lambda-Extension-Identifier", id)
+            .body(ApiBody::empty())
+            .expect("a valid request");
+        let _ = client.call(next).await;
+    });
 }
 
 /// The invocations under way: received, their answer not yet posted.

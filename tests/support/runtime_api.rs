@@ -2,7 +2,9 @@
 //! on AWS (`invocation/next`, `…/response`, `…/error`, `init/error`), with the request-id
 //! and deadline headers. It serves any number of `next` calls at once, so a function
 //! started with `AWS_LAMBDA_MAX_CONCURRENCY=N` (Lambda Managed Instances) can hold N
-//! invocations in one process, and it matches each answer to its invocation.
+//! invocations in one process, and it matches each answer to its invocation. Of the
+//! Extensions API it serves `register` and `event/next` (which, with no events to send
+//! before a shutdown, never answers), and records who registered.
 
 use std::{
     collections::HashMap,
@@ -48,6 +50,8 @@ struct Shared {
     first_next: SyncMutex<Option<Instant>>,
     /// Start-up errors (`init/error`).
     init_errors: mpsc::UnboundedSender<String>,
+    /// The names of the extensions registered, and the events each asked for.
+    extensions: SyncMutex<Vec<(String, Value)>>,
 }
 
 /// The Runtime API; `address` goes into the function's `AWS_LAMBDA_RUNTIME_API`.
@@ -81,6 +85,7 @@ impl RuntimeApi {
             in_flight: SyncMutex::default(),
             first_next: SyncMutex::default(),
             init_errors: init_errors_tx,
+            extensions: SyncMutex::default(),
         });
         let router = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
@@ -90,6 +95,8 @@ impl RuntimeApi {
             )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .route("/2018-06-01/runtime/init/error", post(init_error))
+            .route("/2020-01-01/extension/register", post(register_extension))
+            .route("/2020-01-01/extension/event/next", get(extension_event))
             .with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -121,6 +128,11 @@ impl RuntimeApi {
     /// When the function first asked for an invocation, if it has.
     pub fn first_next(&self) -> Option<Instant> {
         *self.shared.first_next.lock().unwrap()
+    }
+
+    /// The extensions registered by now: name, and the events asked for.
+    pub fn extensions(&self) -> Vec<(String, Value)> {
+        self.shared.extensions.lock().unwrap().clone()
     }
 
     /// A start-up error the function reported, if any came by now.
@@ -201,4 +213,34 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCod
         .init_errors
         .send(String::from_utf8_lossy(&body).into_owned());
     StatusCode::ACCEPTED
+}
+
+async fn register_extension(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (HeaderMap, String) {
+    let name = headers
+        .get("lambda-extension-name")
+        .and_then(|name| name.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let events = serde_json::from_slice::<Value>(&body).unwrap_or_default()["events"].clone();
+    shared.extensions.lock().unwrap().push((name, events));
+    let mut reply = HeaderMap::new();
+    let id = uuid::Uuid::new_v4().to_string();
+    reply.insert(
+        "lambda-extension-identifier",
+        HeaderValue::from_str(&id).unwrap(),
+    );
+    (
+        reply,
+        r#"{"functionName":"longpoll-test","functionVersion":"$LATEST","handler":"bootstrap"}"#
+            .to_owned(),
+    )
+}
+
+/// No event ever comes before the environment shuts down (this one never does).
+async fn extension_event() -> String {
+    std::future::pending().await
 }

@@ -7,7 +7,11 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use longpoll::{config::DEV_JWT_SECRET, lambda::DRAIN_GRACE, token::TokenIssuer};
+use longpoll::{
+    config::DEV_JWT_SECRET,
+    lambda::{DRAIN_GRACE, SHUTDOWN_EXTENSION},
+    token::TokenIssuer,
+};
 use longpoll_tests::{
     Fixture,
     managed::{Function, INVOCATION_TIMEOUT, events_of, status},
@@ -43,6 +47,11 @@ async fn held_polls_answer_at_once_on_sigterm(polls: usize) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // What makes Lambda send the SIGTERM: an extension, asking for no events.
+    assert_eq!(
+        runtime.extensions(),
+        [(SHUTDOWN_EXTENSION.to_owned(), serde_json::json!([]))]
+    );
     let signalled = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &function.0.id().to_string()])
