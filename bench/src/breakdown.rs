@@ -68,50 +68,84 @@ impl Step {
     }
 }
 
-/// Every step, in the order above.
+/// Every step, in the order above, by name.
+pub struct Breakdown {
+    confirm: Step,
+    delivery: Step,
+    transient: Step,
+    http: Step,
+    answered: Step,
+    /// Publish → poll answered, and the HTTP publish, on Nchan.
+    nchan: Option<(Step, Step)>,
+}
+
+impl Breakdown {
+    fn steps(&self) -> impl Iterator<Item = &Step> {
+        let nchan = self
+            .nchan
+            .iter()
+            .flat_map(|(answered, published)| [answered, published]);
+        [
+            &self.confirm,
+            &self.delivery,
+            &self.transient,
+            &self.http,
+            &self.answered,
+        ]
+        .into_iter()
+        .chain(nchan)
+    }
+}
+
+/// Measures every step.
 pub async fn measure(
     amqp_url: &str,
     library: Arc<dyn Broker>,
     longpoll: &str,
     nchan: Option<&str>,
-) -> Vec<Step> {
+) -> Breakdown {
     let (confirm, delivery) = publish_steps(amqp_url, &*library, Shape::LikeAUsers).await;
     let (_, transient) = publish_steps(amqp_url, &*library, Shape::Transient).await;
-    let mut steps = vec![
-        Step::new(
+    let nchan = match nchan {
+        Some(nchan) => {
+            let (answered, published) = nchan_steps(nchan).await;
+            Some((
+                Step::new("Nchan: publish → poll answered", answered),
+                Step::new("Nchan: HTTP publish → 201", published),
+            ))
+        }
+        None => None,
+    };
+    Breakdown {
+        confirm: Step::new(
             "AMQP publish → confirm (persistent message, durable queue: written to disk)",
             confirm,
         ),
-        Step::new(
+        delivery: Step::new(
             "AMQP publish → delivery to a consumer (routing, the persistent message's enqueue, delivery)",
             delivery,
         ),
-        Step::new(
+        transient: Step::new(
             "AMQP publish → delivery, to a non-durable queue (nothing written)",
             transient,
         ),
-        Step::new(
+        http: Step::new(
             "HTTP round trip, nothing held (`poll/test/`: client, loopback, hyper)",
             http_round_trips(longpoll).await,
         ),
-        Step::new(
+        answered: Step::new(
             "publish → poll answered (local server, guide mode)",
             held_poll_answers(longpoll, &*library).await,
         ),
-    ];
-    if let Some(nchan) = nchan {
-        let (answered, published) = nchan_steps(nchan).await;
-        steps.push(Step::new("Nchan: publish → poll answered", answered));
-        steps.push(Step::new("Nchan: HTTP publish → 201", published));
+        nchan,
     }
-    steps
 }
 
 /// Prints the steps as a table, with the server's share worked out at the median.
-pub fn print(steps: &[Step]) {
+pub fn print(breakdown: &Breakdown) {
     println!("| step (one event at a time, no load) | p50 ms | p99 ms |");
     println!("|---|---|---|");
-    for step in steps {
+    for step in breakdown.steps() {
         println!(
             "| {} | {} | {} |",
             step.name,
@@ -119,16 +153,20 @@ pub fn print(steps: &[Step]) {
             ms(step.p99())
         );
     }
-    if let [_, delivery, _, http, answered, ..] = steps {
-        let server = answered.p50() - delivery.p50() - http.p50() / 2.0;
-        println!(
-            "\nAt the median, of publish → poll answered ({} ms): the broker's routing and delivery {} ms, the response's HTTP leg about {} ms, the server's own share about {} ms (wake-up, acks, serialisation).",
-            ms(answered.p50()),
-            ms(delivery.p50()),
-            ms(http.p50() / 2.0),
-            ms(server.max(0.0))
-        );
-    }
+    let Breakdown {
+        delivery,
+        http,
+        answered,
+        ..
+    } = breakdown;
+    let server = answered.p50() - delivery.p50() - http.p50() / 2.0;
+    println!(
+        "\nAt the median, of publish → poll answered ({} ms): the broker's routing and delivery {} ms, the response's HTTP leg about {} ms, the server's own share about {} ms (wake-up, acks, serialisation).",
+        ms(answered.p50()),
+        ms(delivery.p50()),
+        ms(http.p50() / 2.0),
+        ms(server.max(0.0))
+    );
 }
 
 /// The probe queue's shape.

@@ -10,14 +10,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use longpoll::{Broker, Config, RabbitBroker};
+use longpoll::Broker;
 
 use crate::{
     breakdown,
     load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
     nchan::Nchan,
     probes,
-    server::{Server, sibling},
+    server::{Contenders, Server},
     stats::{median, ms},
 };
 
@@ -90,17 +90,12 @@ pub const GUIDE: &str = "guide's algorithm (basic_get every 0.3 s)";
 /// `longpoll-bench compare`: starts the servers (the local server and the guide's on the
 /// broker at `AMQP_URL`, and Nchan), runs the loads and prints the table.
 pub async fn standalone(runs: usize, seconds: u64) {
-    let amqp_url =
-        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
-    let library: Arc<dyn Broker> = Arc::new(RabbitBroker::new(&Config::new(
-        &amqp_url,
-        None,
-        "longpoll-bench",
-    )));
-    let env = [("AMQP_URL", amqp_url.as_str())];
-    let longpoll = Server::start(sibling("longpoll-local"), &[], &env).await;
-    let me = std::env::current_exe().expect("the running executable's path");
-    let guide = Server::start(me, &["guide-server"], &env).await;
+    let Contenders {
+        amqp_url,
+        library,
+        longpoll,
+        guide,
+    } = Contenders::start().await;
     let nchan = match Nchan::unavailable() {
         None => Some(Nchan::start().await),
         Some(why) => {
@@ -120,7 +115,7 @@ pub async fn standalone(runs: usize, seconds: u64) {
     } else {
         Vec::new()
     };
-    let steps = breakdown::measure(
+    let breakdown = breakdown::measure(
         &amqp_url,
         library.clone(),
         &longpoll.url,
@@ -132,7 +127,7 @@ pub async fn standalone(runs: usize, seconds: u64) {
         print(&rows);
     }
     println!("\n### Where the time goes\n");
-    breakdown::print(&steps);
+    breakdown::print(&breakdown);
     library.close().await;
 }
 

@@ -6,11 +6,44 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
+use longpoll::{Broker, Config, RabbitBroker};
 use longpoll_tests::watch::free_port;
 use tokio::time::Instant;
+
+/// What the suite and the comparison measure, on the broker at `AMQP_URL`: the library
+/// itself (which also publishes the loads' events), the local server and the guide's.
+pub struct Contenders {
+    pub amqp_url: String,
+    pub library: Arc<dyn Broker>,
+    pub longpoll: Server,
+    pub guide: Server,
+}
+
+impl Contenders {
+    pub async fn start() -> Self {
+        let amqp_url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+        let library: Arc<dyn Broker> = Arc::new(RabbitBroker::new(&Config::new(
+            &amqp_url,
+            None,
+            "longpoll-bench",
+        )));
+        let env = [("AMQP_URL", amqp_url.as_str())];
+        let longpoll = Server::start(sibling("longpoll-local"), &[], &env).await;
+        let me = std::env::current_exe().expect("the running executable's path");
+        let guide = Server::start(me, &["guide-server"], &env).await;
+        Self {
+            amqp_url,
+            library,
+            longpoll,
+            guide,
+        }
+    }
+}
 
 /// A server process on a free loopback port; killed when dropped.
 pub struct Server {

@@ -5,9 +5,8 @@
 //! `AMQP_URL`, runs each measurement several times and prints medians; `scripts/bench`
 //! runs it on a private RabbitMQ node.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use longpoll::{Broker, Config, RabbitBroker};
 use longpoll_tests::watch::Watch;
 
 use crate::{
@@ -17,7 +16,7 @@ use crate::{
     load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
     probes::{self, Throughput},
     results,
-    server::{Server, sibling},
+    server::{Contenders, Server, sibling},
     stats::{self, median, ms},
 };
 
@@ -44,18 +43,14 @@ pub struct Options {
 }
 
 pub async fn run(options: Options) {
-    let amqp_url =
-        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+    let Contenders {
+        amqp_url,
+        library,
+        longpoll: ours,
+        guide,
+    } = Contenders::start().await;
     describe_machine(&amqp_url);
-    let library: Arc<dyn Broker> = Arc::new(RabbitBroker::new(&Config::new(
-        &amqp_url,
-        None,
-        "longpoll-bench",
-    )));
     let env = [("AMQP_URL", amqp_url.as_str())];
-    let ours = Server::start(sibling("longpoll-local"), &[], &env).await;
-    let me = std::env::current_exe().unwrap();
-    let guide = Server::start(me, &["guide-server"], &env).await;
     let runs = options.runs.max(1);
 
     // Events already queued; idle hold.
