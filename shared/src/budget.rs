@@ -42,22 +42,12 @@ pub const DEADLINE_MARGIN: Duration = CLEAN_UP.saturating_add(Duration::from_mil
 const LONGEST_LAMBDA_RUN: Duration = Duration::from_secs(15 * 60);
 
 /// When a poll's stages must end; see the module note.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct PollBudget {
     hold_until: Instant,
     set_up_until: Instant,
     /// Ends the hold early when the process stops ([`drain`]).
     drain: &'static Drain,
-}
-
-impl std::fmt::Debug for PollBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PollBudget")
-            .field("hold_until", &self.hold_until)
-            .field("set_up_until", &self.set_up_until)
-            .field("draining", &self.drain.begun())
-            .finish()
-    }
 }
 
 impl PollBudget {

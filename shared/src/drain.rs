@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 pub static PROCESS: Drain = Drain::new();
 
 /// Whether draining has begun, and a wake-up for the holds waiting when it does.
+#[derive(Debug)]
 pub struct Drain {
     begun: AtomicBool,
     wake: Notify,

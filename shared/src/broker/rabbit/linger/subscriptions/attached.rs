@@ -105,8 +105,9 @@ impl Attached {
     /// shown to it, up to and including the last one `acknowledged` picks: the event
     /// the client names as the last it received), then answers with the handed-out
     /// deliveries and the buffer, oldest first, up to a batch, as events; with
-    /// nothing, waits for an arrival until the `budget`'s hold is over. What it answers with stays
-    /// handed out. Like [`Self::take`], it answers with what has reached the consumer.
+    /// nothing, waits for an arrival until the `budget`'s hold is over. What it answers
+    /// with stays handed out. Like [`Self::take`], it answers with what has reached the
+    /// consumer.
     ///
     /// The queue's rules apply here too, as in [`Self::take`]: expired messages are
     /// dropped, and a full subscription (the prefetch of 100 delivered and unacked)
