@@ -1,12 +1,15 @@
 //! Publish→response latency under load, every server in one run: the yardstick (Nchan,
-//! in memory), the local server in the guide's mode and in cursor mode, and the guide's
-//! algorithm, at N=200 users / R=100 events/s and N=2000 / R=500. Each row is also given
-//! as a ratio to Nchan's figure of the same run, since the machine is shared and noisy:
-//! only figures taken side by side compare.
+//! in memory), the floor (the broker alone, AMQP consumers and no HTTP server:
+//! [`crate::consumers`]), the local server in the guide's mode and in cursor mode, and
+//! the guide's algorithm, at N=200 users / R=100 events/s and N=2000 / R=500. Each row
+//! is also given as a ratio to Nchan's figure of the same run, since the machine is
+//! shared and noisy: only figures taken side by side compare.
 //!
-//! Each load ramps its users up at 200 a second, lets them poll idle for 25 s, then
-//! publishes for the window; the runs of a load are interleaved (Nchan, longpoll, cursor mode, guide; then again),
-//! so a slow minute of the machine falls on every server alike.
+//! Each HTTP load ramps its users up at 200 a second, lets them poll idle for 25 s, then
+//! publishes for the window (the floor's consumers are set up first and need no
+//! warm-up); the runs of a load are interleaved (Nchan, the floor, longpoll, cursor
+//! mode, guide; then again), so a slow minute of the machine falls on every server
+//! alike.
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,6 +33,8 @@ pub struct Servers<'a> {
     /// Events to the local server and the guide's are published through it (AMQP,
     /// persistent, confirmed), as a backend does.
     pub library: Arc<dyn Broker>,
+    /// The broker both servers use, for the floor's consumers.
+    pub amqp_url: String,
 }
 
 /// New users a second while a load ramps up: what a 2-core broker sets up without a
@@ -39,8 +44,20 @@ const RAMP_PER_SECOND: usize = 200;
 /// few times, so the window sees steady state.
 const WARM_UP: Duration = Duration::from_secs(25);
 
-/// The loads, as (users, events per second).
+/// The loads, as (users, events per second): what `scripts/bench compare` records.
 pub const LOADS: [(usize, u64); 2] = [(200, 100), (2000, 500)];
+
+/// A load given on the command line as `USERS:RATE`, such as `2000:500`.
+pub fn parse_load(text: &str) -> Result<(usize, u64), String> {
+    let (users, rate) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected USERS:RATE, such as 2000:500"))?;
+    let users = users
+        .parse()
+        .map_err(|_| format!("{users:?}: not a user count"))?;
+    let rate = rate.parse().map_err(|_| format!("{rate:?}: not a rate"))?;
+    Ok((users, rate))
+}
 
 /// One row of the latency table: medians over runs.
 pub struct LatencyRow {
@@ -86,10 +103,11 @@ pub const NCHAN: &str = "Nchan (in memory, the yardstick)";
 pub const LONGPOLL: &str = "longpoll";
 pub const CURSOR: &str = "longpoll, cursor mode";
 pub const GUIDE: &str = "guide's algorithm (basic_get every 0.3 s)";
+pub const FLOOR: &str = "the broker alone (AMQP consumers, no HTTP: the floor)";
 
 /// `longpoll-bench compare`: starts the servers (the local server and the guide's on the
 /// broker at `AMQP_URL`, and Nchan), runs the loads and prints the table.
-pub async fn standalone(runs: usize, seconds: u64) {
+pub async fn standalone(loads: &[(usize, u64)], only: &[String], runs: usize, seconds: u64) {
     let Contenders {
         amqp_url,
         library,
@@ -108,10 +126,11 @@ pub async fn standalone(runs: usize, seconds: u64) {
         guide: &guide,
         nchan: nchan.as_ref(),
         library: library.clone(),
+        amqp_url: amqp_url.clone(),
     };
     // `--runs 0`: the breakdown alone.
     let rows = if runs > 0 {
-        run(&servers, runs, seconds).await
+        run(&servers, loads, only, runs, seconds).await
     } else {
         Vec::new()
     };
@@ -131,10 +150,26 @@ pub async fn standalone(runs: usize, seconds: u64) {
     library.close().await;
 }
 
-/// Runs every load `runs` times against every server; one row per load and server.
-pub async fn run(servers: &Servers<'_>, runs: usize, seconds: u64) -> Vec<LatencyRow> {
+/// The short names of the contenders, for `--only`.
+pub const CONTENDERS: [(&str, &str); 5] = [
+    ("nchan", NCHAN),
+    ("floor", FLOOR),
+    ("longpoll", LONGPOLL),
+    ("cursor", CURSOR),
+    ("guide", GUIDE),
+];
+
+/// Runs every load `runs` times against every server (or those `only` names, by their
+/// short names in [`CONTENDERS`]); one row per load and server.
+pub async fn run(
+    servers: &Servers<'_>,
+    loads: &[(usize, u64)],
+    only: &[String],
+    runs: usize,
+    seconds: u64,
+) -> Vec<LatencyRow> {
     let mut rows = Vec::new();
-    for (users, rate) in LOADS {
+    for &(users, rate) in loads {
         let mut variants: Vec<(&'static str, String, PollMode, PublishVia, Option<u32>)> = vec![];
         if let Some(nchan) = servers.nchan {
             variants.push((
@@ -146,6 +181,13 @@ pub async fn run(servers: &Servers<'_>, runs: usize, seconds: u64) -> Vec<Latenc
             ));
         }
         let amqp = PublishVia::Library(servers.library.clone());
+        variants.push((
+            FLOOR,
+            servers.amqp_url.clone(),
+            PollMode::Consumer,
+            amqp.clone(),
+            None,
+        ));
         let longpoll = (servers.longpoll.url.clone(), Some(servers.longpoll.pid));
         variants.push((
             LONGPOLL,
@@ -170,6 +212,12 @@ pub async fn run(servers: &Servers<'_>, runs: usize, seconds: u64) -> Vec<Latenc
             Some(guide.pid),
         ));
 
+        variants.retain(|(server, ..)| {
+            only.is_empty()
+                || CONTENDERS
+                    .iter()
+                    .any(|(short, name)| name == server && only.iter().any(|o| o == short))
+        });
         let mut reports: Vec<Vec<LoadReport>> = variants.iter().map(|_| Vec::new()).collect();
         for run in 1..=runs.max(1) {
             for ((server, url, mode, publish, pid), reports) in variants.iter().zip(&mut reports) {

@@ -8,6 +8,7 @@
 //!   as ratios to Nchan.
 //! - [`load`]: the load the HTTP benchmarks share: users holding polls while events
 //!   are published to random users, each event followed to the poll that returns it.
+//! - [`consumers`]: the same load with AMQP consumers in place of a server: the floor.
 //! - [`held`]: that load against a running server, reporting capacity.
 //! - [`herd`]: a reconnect herd (N new users at once) and offline presence lookups
 //!   against a running server.
@@ -25,6 +26,7 @@
 pub mod breakdown;
 pub mod cold_start;
 pub mod compare;
+pub mod consumers;
 pub mod guide;
 pub mod held;
 pub mod herd;

@@ -32,7 +32,7 @@ use longpoll::{
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::{nchan, stats};
+use crate::{consumers, nchan, stats};
 
 /// Where the load's events are published.
 #[derive(Clone)]
@@ -56,6 +56,9 @@ pub enum PollMode {
     Cursor,
     /// Nchan's long-poll subscriber, `GET /sub/<user>`.
     Nchan,
+    /// No HTTP: each user an AMQP consumer of their own queue, the floor
+    /// ([`crate::consumers`]); the load's `url` is then the AMQP URL.
+    Consumer,
 }
 
 pub struct LoadOptions {
@@ -149,7 +152,7 @@ impl LoadReport {
 
 /// The bookkeeping shared by pollers and publisher.
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     /// Sequence number → when its first publish attempt started (until delivered).
     pending: HashMap<u64, Instant>,
     /// Sequence numbers whose publish was confirmed and routed.
@@ -169,7 +172,8 @@ impl Ledger {
             .all(|seq| self.delivered.contains_key(seq))
     }
 
-    fn delivered(&mut self, seq: u64, id: &str, at: Instant) {
+    /// Event `seq` reached its user under `id` at `at`.
+    pub(crate) fn delivered(&mut self, seq: u64, id: &str, at: Instant) {
         match self.delivered.get(&seq) {
             Some(first_id) if first_id != id => self.duplicated += 1,
             Some(_) => {}
@@ -194,6 +198,9 @@ struct Counters {
 
 /// Runs the load; returns when the drain period after the last publish is over.
 pub async fn run(options: LoadOptions) -> LoadReport {
+    if options.mode == PollMode::Consumer {
+        return consumers::run(options).await;
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.users + 100)
         .timeout(Duration::from_secs(30))
@@ -261,11 +268,36 @@ pub async fn run(options: LoadOptions) -> LoadReport {
     }
     tokio::time::sleep(Duration::from_secs(1) + options.warm_up).await;
 
-    let window_started = Instant::now();
     let answered_before = counters.answered.load(Ordering::Relaxed);
     counters.failures.lock().unwrap().clear();
+    let mut report = publish_window(&options, &ledger, base_user, |report| {
+        report.held.push(counters.in_flight.load(Ordering::Relaxed));
+        report.answered = counters.answered.load(Ordering::Relaxed) - answered_before;
+        if let Some(rss) = options.server_pid.and_then(stats::rss_kib) {
+            report.rss_kib.push(rss);
+        }
+    })
+    .await;
+    counters.stop.store(true, Ordering::Relaxed);
+    for poller in pollers {
+        poller.abort();
+    }
+    report.poll_failures = counters.failures.lock().unwrap().clone();
+    report
+}
+
+/// The measured part of a load, whoever the users are: publishes for the window
+/// (calling `each_second` once a second meanwhile), then waits until every confirmed
+/// event has arrived or the drain period is over, and reports what the ledger saw.
+pub(crate) async fn publish_window(
+    options: &LoadOptions,
+    ledger: &Arc<Mutex<Ledger>>,
+    base_user: u64,
+    mut each_second: impl FnMut(&mut LoadReport),
+) -> LoadReport {
+    let window_started = Instant::now();
     let publisher = tokio::spawn(publish_steadily(
-        client.clone(),
+        reqwest::Client::new(),
         options.url.clone(),
         options.publish.clone(),
         ledger.clone(),
@@ -276,25 +308,15 @@ pub async fn run(options: LoadOptions) -> LoadReport {
     let mut report = LoadReport::default();
     while window_started.elapsed() < Duration::from_secs(options.seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        report.held.push(counters.in_flight.load(Ordering::Relaxed));
-        if let Some(rss) = options.server_pid.and_then(stats::rss_kib) {
-            report.rss_kib.push(rss);
-        }
+        each_second(&mut report);
     }
     report.window = window_started.elapsed();
-    report.answered = counters.answered.load(Ordering::Relaxed) - answered_before;
     report.publish_failures = publisher.await.unwrap();
-    // The drain: polls go on until every confirmed event has arrived, or for `drain`.
     let drained_by = Instant::now() + options.drain;
     while Instant::now() < drained_by && !ledger.lock().unwrap().all_delivered() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    counters.stop.store(true, Ordering::Relaxed);
-    for poller in pollers {
-        poller.abort();
-    }
 
-    report.poll_failures = counters.failures.lock().unwrap().clone();
     let ledger = ledger.lock().unwrap();
     report.published = ledger.confirmed.len();
     report.unrouted = ledger.unrouted.len();

@@ -30,6 +30,13 @@ enum Command {
         /// Seconds of publishing in each run.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// The loads as USERS:RATE, comma-separated (default: 200:100,2000:500).
+        #[arg(long, value_delimiter = ',', value_parser = compare::parse_load)]
+        loads: Vec<(usize, u64)>,
+        /// Only these contenders, comma-separated: nchan, floor, longpoll, cursor,
+        /// guide (default: all).
+        #[arg(long, value_delimiter = ',', value_parser = ["nchan", "floor", "longpoll", "cursor", "guide"])]
+        only: Vec<String>,
     },
     /// Immediate return and publish-to-response latency through the handler, in-process.
     Latency {
@@ -117,7 +124,19 @@ enum Command {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Suite(options) => suite::run(options).await,
-        Command::Compare { runs, seconds } => compare::standalone(runs, seconds).await,
+        Command::Compare {
+            runs,
+            seconds,
+            loads,
+            only,
+        } => {
+            let loads = if loads.is_empty() {
+                compare::LOADS.to_vec()
+            } else {
+                loads
+            };
+            compare::standalone(&loads, &only, runs, seconds).await
+        }
         Command::Latency { runs, samples } => latency::run(runs, samples).await,
         Command::Held(options) => held::run(options).await,
         Command::Herd {
