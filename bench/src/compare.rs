@@ -6,7 +6,7 @@
 //! shared and noisy: only figures taken side by side compare.
 //!
 //! Each HTTP load ramps its users up at 200 a second, lets them poll idle for 25 s, then
-//! publishes for the window (the floor's consumers are set up first and need no
+//! publishes for the window (the floor's consumers are set up first and get no
 //! warm-up); the runs of a load are interleaved (Nchan, the floor, longpoll, cursor
 //! mode, guide; then again), so a slow minute of the machine falls on every server
 //! alike.

@@ -1,8 +1,10 @@
 //! The load's floor: the same users and events with no HTTP server at all, each user an
 //! AMQP consumer of their own queue in this process. What it measures (publish start →
-//! delivery at the consumer) is what the broker alone takes under that load, so no server
-//! on this broker can answer polls faster; the rows of the HTTP servers are read against
-//! it.
+//! delivery at the consumer) is what the broker takes under that load, as a plain
+//! consumer sees it; a server answering polls adds its own work and an HTTP hop on top,
+//! so the rows of the HTTP servers are read against it. It is an estimate, not a strict
+//! bound: the consumers share this process with the publisher and the clock, so under a
+//! heavy load they compete for it where a server's would not.
 //!
 //! The queues are the users' own (`event_queue:user:<id>`, the contract's arguments,
 //! bound to `user.<id>`), the consumers take manual acks with the server's prefetch and
