@@ -315,3 +315,16 @@ fn times(ratio: f64) -> String {
         format!("{ratio:.1}×")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_load;
+
+    #[test]
+    fn a_load_is_users_colon_rate() {
+        assert_eq!(parse_load("2000:500"), Ok((2000, 500)));
+        assert!(parse_load("2000").is_err());
+        assert!(parse_load("many:500").is_err());
+        assert!(parse_load("2000:-1").is_err());
+    }
+}

@@ -312,6 +312,8 @@ pub(crate) async fn publish_window(
     }
     report.window = window_started.elapsed();
     report.publish_failures = publisher.await.unwrap();
+    // The drain: the users go on receiving until every confirmed event has arrived, or
+    // for `drain`.
     let drained_by = Instant::now() + options.drain;
     while Instant::now() < drained_by && !ledger.lock().unwrap().all_delivered() {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, builder::PossibleValuesParser};
 use longpoll::{Config, RabbitBroker};
 use longpoll_bench::{
     compare, guide::GuideBaseline, held, herd, latency, managed, results, soak, suite,
@@ -35,7 +35,7 @@ enum Command {
         loads: Vec<(usize, u64)>,
         /// Only these contenders, comma-separated: nchan, floor, longpoll, cursor,
         /// guide (default: all).
-        #[arg(long, value_delimiter = ',', value_parser = ["nchan", "floor", "longpoll", "cursor", "guide"])]
+        #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(compare::CONTENDERS.map(|(short, _)| short)))]
         only: Vec<String>,
     },
     /// Immediate return and publish-to-response latency through the handler, in-process.
