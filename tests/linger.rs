@@ -82,8 +82,11 @@ async fn a_lingered_out_consumer_gives_its_events_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
     let config = config(&unique_name("linger"));
+    // Longer than LINGER: the consumer is counted between two polls, by rabbitmqctl,
+    // which can take over a second to start on a loaded machine.
+    let linger = 4 * LINGER;
     let lingering: Arc<dyn Broker> =
-        Arc::new(LingeringBroker::new(RabbitBroker::new(&config), LINGER));
+        Arc::new(LingeringBroker::new(RabbitBroker::new(&config), linger));
     let user = subscriber(unique_user(), None);
     let hold = || Instant::now() + Duration::from_secs(5);
     lingering
@@ -123,7 +126,7 @@ async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
     assert_eq!(again.iter().map(message_data_id).collect::<Vec<_>>(), [2]);
     publish_all(&*lingering, Audience::User(user.user_id), &bodies[2..]).await;
 
-    tokio::time::sleep(LINGER * 3).await;
+    tokio::time::sleep(linger * 3).await;
     assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
     let other = rabbit(&longpoll_tests::config(&unique_name("linger-other")));
     let given_back = other
