@@ -128,6 +128,7 @@ fn spawn(bootstrap: &Path, runtime_api: &str, amqp_url: &str) -> std::process::C
         .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env(longpoll::lambda::INITIALIZATION_TYPE, "on-demand")
         .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
         .env("AWS_LAMBDA_LOG_GROUP_NAME", "bench")
         .env("AMQP_URL", amqp_url)

@@ -95,14 +95,28 @@ where
 /// The name of the extension [`register_for_shutdown`] registers.
 pub const SHUTDOWN_EXTENSION: &str = "longpoll-drain";
 
+/// Set by Lambda in every execution environment (`on-demand`, `provisioned-concurrency`,
+/// `snap-start`, `lambda-managed-instances`); a Runtime API harness sets it to stand in
+/// for Lambda.
+pub const INITIALIZATION_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
+
 /// Registers an internal extension that asks for no events: Lambda sends the runtime
 /// SIGTERM before it shuts an execution environment down only when the function has an
 /// extension (what lambda_runtime's `graceful-shutdown` feature does, without the
 /// `process::exit` that would cut our drain). Registering belongs to the Init phase,
-/// before the runtime's first `next`. A Runtime API without the Extensions API (`cargo
-/// lambda watch`) refuses it: the function then runs as it would without, and is told
-/// of nothing before it is stopped.
+/// before the runtime's first `next`. A Runtime API without the Extensions API refuses
+/// it: the function then runs as it would without, and is told of nothing before it is
+/// stopped.
+///
+/// Only Lambda itself is asked: it sets [`INITIALIZATION_TYPE`] in every execution
+/// environment, emulators do not. `cargo lambda watch` (1.9) accepts the registration
+/// but answers the extension's `next` with a 500 that it logs as an `ERROR`, once per
+/// instance, and never sends an extension a shutdown anyway.
 async fn register_for_shutdown() {
+    if std::env::var_os(INITIALIZATION_TYPE).is_none() {
+        debug!("not on Lambda ({INITIALIZATION_TYPE} unset): no shutdown extension");
+        return;
+    }
     let client = PooledClient::builder().build();
     let register = http::Request::post("/2020-01-01/extension/register")
         .header("Lambda-Extension-Name", SHUTDOWN_EXTENSION)

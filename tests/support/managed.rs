@@ -14,6 +14,7 @@ use longpoll::{
     Config, RabbitBroker,
     broker::{Broker, Publication, Publish},
     config::DEV_JWT_SECRET,
+    lambda::INITIALIZATION_TYPE,
     token::TokenIssuer,
     topology::{Audience, UserId},
 };
@@ -53,6 +54,16 @@ pub struct HeldPolls {
 /// A function process; killed when dropped.
 pub struct Function(pub Child);
 
+/// What Lambda says in `AWS_LAMBDA_INITIALIZATION_TYPE` for a function serving
+/// `concurrency` invocations at once.
+fn initialization_type(concurrency: usize) -> &'static str {
+    if concurrency > 1 {
+        "lambda-managed-instances"
+    } else {
+        "on-demand"
+    }
+}
+
 impl Function {
     /// `binary` (a function) against `runtime`, serving up to `concurrency` invocations
     /// at once, on the broker at `amqp_url` with the development JWT secret; its AMQP
@@ -73,6 +84,7 @@ impl Function {
                 .env("AWS_LAMBDA_FUNCTION_NAME", name)
                 .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
                 .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+                .env(INITIALIZATION_TYPE, initialization_type(concurrency))
                 .env("AMQP_URL", amqp_url)
                 .env("JWT_SECRET", DEV_JWT_SECRET)
                 .env("RUST_LOG", "warn")
