@@ -1,5 +1,14 @@
 //! `cargo lambda watch` as a test fixture: started on a free port in its own process
 //! group, stopped (with the functions it runs) however the test ends.
+//!
+//! Watch (cargo-lambda 1.9) starts every instance of a function with its own file
+//! watcher on the whole workspace, target directory included, and builds the function
+//! there (`cargo run --bin NAME`) as the instance starts. A build's file events then
+//! overflow the other instances' watchers ("sending into a full channel"), which restart
+//! their functions mid-request (500s) and time out when stopped. So the fixture builds
+//! the functions first, exactly as watch will run them: watch's own `cargo run` then
+//! finds them fresh and writes nothing into the tree it watches, wherever the target
+//! directory is.
 
 use std::{
     os::unix::process::CommandExt,
@@ -37,6 +46,7 @@ impl Watch {
     pub async fn start(env: &[(&str, &str)], warm: &[&str]) -> Watch {
         let port = free_port();
         let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        build_functions(workspace);
         let log_path = std::env::temp_dir().join(format!("longpoll-watch-{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new("cargo");
@@ -47,12 +57,16 @@ impl Watch {
             "--invoke-port",
             &port.to_string(),
         ]);
-        for (name, value) in env {
+        // The functions log from WARN up, so a test sees their every complaint. Watch
+        // itself keeps its own default level: under RUST_LOG=warn it would also show
+        // watchexec's "waiting on process group" errors at every stop, which watchexec
+        // documents as harmless.
+        for (name, value) in [("RUST_LOG", "warn")].iter().chain(env) {
             command.args(["--env-var", &format!("{name}={value}")]);
         }
         let child = command
             .current_dir(workspace)
-            .env("RUST_LOG", "warn")
+            .env_remove("RUST_LOG")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -96,6 +110,9 @@ impl Watch {
 
     /// Stops watch and its functions as Ctrl-C in its terminal would (SIGTERM to the whole
     /// process group) and returns everything they logged.
+    ///
+    /// A clean run logs nothing at `WARN` or `ERROR` (the functions run with
+    /// `RUST_LOG=warn`, so anything at those levels shows): see [`complaints`].
     pub fn stop(mut self) -> String {
         self.terminate();
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -112,5 +129,73 @@ impl Watch {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/v1/communication/{path}", self.base)
+    }
+}
+
+/// The functions the router in the root `Cargo.toml` serves.
+const FUNCTIONS: [&str; 5] = [
+    "poll-test",
+    "poll-events",
+    "poll-disconnect",
+    "publish-event",
+    "poll-online",
+];
+
+/// Builds each function as watch runs it (`cargo run --manifest-path Cargo.toml --bin
+/// NAME`, so with that binary's own features), one at a time.
+fn build_functions(workspace: &str) {
+    for function in FUNCTIONS {
+        let status = Command::new("cargo")
+            .args(["build", "--quiet", "--manifest-path", "Cargo.toml", "--bin"])
+            .arg(function)
+            .current_dir(workspace)
+            .stdin(Stdio::null())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build --bin {function} failed");
+    }
+}
+
+/// The lines of a watch log that report a problem: a `WARN` or `ERROR` level wherever it
+/// stands in the line (watch's own lines start with it, the functions' follow a
+/// timestamp), an `Error:` a process printed as it ended, or watch's own complaints
+/// about its file watcher and its shutdown.
+pub fn complaints(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .any(|word| matches!(word, "WARN" | "ERROR"))
+                || line.contains("Error:")
+                || line.contains("full channel")
+                || line.contains("timed out")
+                || line.contains("Subsystem cancelled")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complaints;
+
+    #[test]
+    fn complaints_are_found_wherever_the_level_stands() {
+        let log = "\
+    Finished `dev` profile [unoptimized + debuginfo] target(s) in 2.68s
+ERROR response failed classification=Status code: 500 Internal Server Error latency=0 ms
+2026-12-05T07:24:24.477776Z  WARN poll_events: slow broker
+2026-12-05T07:24:24.477776Z  INFO poll_events: a WARNING in a message is no level
+Error: the runtime API hung up
+Shutdown timed out!
+cannot send event from fs watcher: sending into a full channel";
+        assert_eq!(
+            complaints(log),
+            [
+                "ERROR response failed classification=Status code: 500 Internal Server Error latency=0 ms",
+                "2026-12-05T07:24:24.477776Z  WARN poll_events: slow broker",
+                "Error: the runtime API hung up",
+                "Shutdown timed out!",
+                "cannot send event from fs watcher: sending into a full channel",
+            ]
+        );
     }
 }
