@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use longpoll::topology::{Audience, Subscriber};
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use tokio::time::Instant;
 
 const HOLD: Duration = Duration::from_secs(5);
@@ -487,7 +487,7 @@ async fn a_poll_rebinds_a_user_who_changed_college(make: MakeBroker) {
     assert!(!gone.routed);
 }
 
-longpoll_tests::on_both_brokers!(
+longpoll_testkit::on_every_broker!(
     returns_waiting_events_at_once,
     wakes_when_an_event_arrives,
     answers_empty_when_the_hold_runs_out,

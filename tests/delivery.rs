@@ -12,7 +12,7 @@ use longpoll::{
     event::Event,
     topology::{Audience, DeviceId, Subscriber},
 };
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use tokio::time::Instant;
 
 const HOLD: Duration = Duration::from_secs(5);
@@ -269,7 +269,7 @@ async fn the_poll_handler_takes_device_and_ack(make: MakeBroker) {
     assert_error(&response, 400, "invalid_ack");
 }
 
-on_both_brokers!(
+on_every_broker!(
     every_device_gets_every_event,
     a_lost_response_is_served_again,
     acking_removes_only_what_the_client_got,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lambda_http::{Body, Context, RequestExt, Response};
 use longpoll::{App, token::TokenIssuer, topology::Audience};
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -331,7 +331,7 @@ async fn handlers_ignore_the_path(make: MakeBroker) {
     assert_eq!(json_of(&response)["events"].as_array().unwrap().len(), 1);
 }
 
-longpoll_tests::on_both_brokers!(
+longpoll_testkit::on_every_broker!(
     poll_accepts_all_three_token_forms,
     poll_answers_empty_after_the_hold,
     poll_stops_before_the_lambda_deadline,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use longpoll::topology::{Audience, DeviceId, Subscriber, presence_queue_name};
-use longpoll_tests::{private_node::PrivateNode, *};
+use longpoll_testkit::{private_node::PrivateNode, *};
 use tokio::time::Instant;
 
 fn node_config(node: &PrivateNode) -> longpoll::Config {

@@ -2,7 +2,7 @@
 //! into a real node (a private one this test starts, never the shared broker) and give
 //! the exchange and the policies mirroring the queue limits.
 
-use longpoll_tests::private_node::PrivateNode;
+use longpoll_testkit::private_node::PrivateNode;
 use serde_json::Value;
 
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

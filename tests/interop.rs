@@ -6,7 +6,7 @@
 
 use std::{process::Command, time::Duration};
 
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use serde_json::json;
 
 fn python(script: &str, args: &[&str]) -> String {

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use longpoll::{Broker, RabbitBroker, broker::LingeringBroker, topology::Audience};
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use tokio::time::Instant;
 
 const LINGER: Duration = Duration::from_secs(1);
@@ -60,7 +60,7 @@ async fn a_lingered_out_consumer_gives_its_events_back() {
     // Held by the lingering consumer until it lingers out.
     tokio::time::sleep(LINGER * 3).await;
     assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
-    let other = rabbit(&longpoll_tests::config(&unique_name("linger-other")));
+    let other = rabbit(&longpoll_testkit::config(&unique_name("linger-other")));
     let events = other
         .wait_for_events(
             &user,
@@ -128,7 +128,7 @@ async fn cursor_polls_keep_unacknowledged_events_and_give_them_back() {
 
     tokio::time::sleep(linger * 3).await;
     assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
-    let other = rabbit(&longpoll_tests::config(&unique_name("linger-other")));
+    let other = rabbit(&longpoll_testkit::config(&unique_name("linger-other")));
     let given_back = other
         .wait_with_cursor(&user, "", &PollBudget::until(hold()))
         .await

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use lambda_http::{Body, Response};
 use longpoll::{Broker, topology::Audience};
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -328,7 +328,7 @@ async fn looks_up_presence(make: MakeBroker) {
     );
 }
 
-longpoll_tests::on_both_brokers!(
+longpoll_testkit::on_every_broker!(
     publishes_a_single_event,
     publishes_a_batch_with_college_fan_out,
     refuses_bad_requests_and_publishes_nothing,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use longpoll::topology::Audience;
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -37,7 +37,9 @@ async fn the_next_poll_after_a_closed_connection_works(make: MakeBroker) {
     let name = unique_name("reconnect");
     let config = config(&name);
     let app = app(config.clone(), make(&config), Duration::from_millis(500));
-    let producer = rabbit(&longpoll_tests::config(&unique_name("reconnect-producer")));
+    let producer = rabbit(&longpoll_testkit::config(&unique_name(
+        "reconnect-producer",
+    )));
     let user = subscriber(unique_user(), None);
     let token = token(user.user_id, None);
 
@@ -69,7 +71,9 @@ async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(make: M
         make(&config),
         std::time::Duration::from_secs(5),
     );
-    let producer = rabbit(&longpoll_tests::config(&unique_name("reconnect-producer")));
+    let producer = rabbit(&longpoll_testkit::config(&unique_name(
+        "reconnect-producer",
+    )));
     let user = subscriber(unique_user(), None);
     let token = token(user.user_id, None);
     declare(&*app.broker, &user).await;
@@ -107,12 +111,12 @@ async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(make: M
 mod rabbitmq {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_next_poll_after_a_closed_connection_works() {
-        super::the_next_poll_after_a_closed_connection_works(longpoll_tests::rabbit).await
+        super::the_next_poll_after_a_closed_connection_works(longpoll_testkit::rabbit).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing() {
         super::a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(
-            longpoll_tests::rabbit,
+            longpoll_testkit::rabbit,
         )
         .await
     }
@@ -121,12 +125,13 @@ mod rabbitmq {
 mod rabbitmq_lingering {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_next_poll_after_a_closed_connection_works() {
-        super::the_next_poll_after_a_closed_connection_works(longpoll_tests::rabbit_lingering).await
+        super::the_next_poll_after_a_closed_connection_works(longpoll_testkit::rabbit_lingering)
+            .await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing() {
         super::a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(
-            longpoll_tests::rabbit_lingering,
+            longpoll_testkit::rabbit_lingering,
         )
         .await
     }

@@ -10,7 +10,7 @@
 use std::{process::Command, time::Duration};
 
 use longpoll::token::TokenIssuer;
-use longpoll_tests::{
+use longpoll_testkit::{
     moto::{AWS_ENVIRONMENT, Moto, python},
     unique_name, unique_user,
     watch::Watch,

@@ -5,7 +5,7 @@
 //! Needs `cargo lambda` (`pip install cargo-lambda`; `scripts/test` installs it).
 
 use longpoll::config::{DEV_JWT_SECRET, DEV_PUBLISH_KEY};
-use longpoll_tests::{
+use longpoll_testkit::{
     scenario::{self, Target},
     watch::{self, Watch},
 };

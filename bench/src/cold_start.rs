@@ -23,14 +23,14 @@ use longpoll::{
     token::TokenIssuer,
     topology::{Audience, Subscriber, UserId},
 };
-use longpoll_tests::runtime_api::{Outcome, RuntimeApi};
+use longpoll_testkit::runtime_api::{Outcome, RuntimeApi};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{load, probes, stats};
 
 /// An API Gateway HTTP API (payload 2.0) request for `poll/events/`, as the tests use.
-const POLL_EVENT: &str = include_str!("../../tests/fixtures/poll-events.json");
+const POLL_EVENT: &str = include_str!("../../testkit/fixtures/poll-events.json");
 
 /// One cold start's figures, in milliseconds.
 pub struct ColdStart {
@@ -113,7 +113,7 @@ pub async fn measure(
 const INVOCATION_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// The function's answer to `invocation` and when it came, within 30 s.
-async fn answer(invocation: longpoll_tests::runtime_api::Invocation) -> (Value, Instant) {
+async fn answer(invocation: longpoll_testkit::runtime_api::Invocation) -> (Value, Instant) {
     match tokio::time::timeout(Duration::from_secs(30), invocation.outcome()).await {
         Ok(Some(Outcome::Response { body, at })) => (body, at),
         Ok(Some(Outcome::Error(error))) => panic!("the function failed: {error}"),

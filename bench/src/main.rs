@@ -194,7 +194,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn trips(binary: &std::path::Path, node: &str, polls: usize) {
     let amqp_url =
         std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
-    let trips = longpoll_tests::round_trips::idle_polls(binary, &amqp_url, node, polls).await;
+    let trips = longpoll_testkit::round_trips::idle_polls(binary, &amqp_url, node, polls).await;
     println!(
         "The poll-events function on the Lambda path (release build, one invocation at a time, Runtime API on loopback), one user polling {polls} times in a row with nothing published, after a first poll; the broker's `recv_cnt` and `send_cnt` for the function's connection (`rabbitmqctl list_connections`):\n"
     );

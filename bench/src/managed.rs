@@ -1,10 +1,10 @@
 //! `longpoll-bench managed`: one poll-events process serving many invocations at once,
-//! as on Lambda Managed Instances (`longpoll_tests::managed` drives it), and what that
+//! as on Lambda Managed Instances (`longpoll_testkit::managed` drives it), and what that
 //! costs the process: resident memory and CPU, per thousand held polls.
 
 use std::path::Path;
 
-use longpoll_tests::managed::{hold_in_one_process, status};
+use longpoll_testkit::managed::{hold_in_one_process, status};
 
 /// One run per count in `polls`, each with fresh users, on the broker at AMQP_URL.
 pub async fn run(

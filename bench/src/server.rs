@@ -11,7 +11,7 @@ use std::{
 };
 
 use longpoll::{Broker, Config, RabbitBroker};
-use longpoll_tests::watch::free_port;
+use longpoll_testkit::watch::free_port;
 use tokio::time::Instant;
 
 /// What the suite and the comparison measure, on the broker at `AMQP_URL`: the library

@@ -18,7 +18,7 @@ pub fn median(values: &[f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-pub use longpoll_tests::process::status_kib;
+pub use longpoll_testkit::process::status_kib;
 
 /// The process's resident memory now, in KiB.
 pub fn rss_kib(pid: u32) -> Option<usize> {

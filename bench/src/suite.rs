@@ -7,7 +7,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use longpoll_tests::watch::Watch;
+use longpoll_testkit::watch::Watch;
 
 use crate::{
     cold_start,

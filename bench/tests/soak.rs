@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use longpoll::Config;
 use longpoll_bench::soak::{SoakOptions, run};
 use longpoll_local::{BrokerKind, Functions, cors, serve};
-use longpoll_tests::private_node::PrivateNode;
+use longpoll_testkit::private_node::PrivateNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_of_pollers_and_connection_kills_loses_and_duplicates_nothing() {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use longpoll::token::TokenVerifier;
-use longpoll_tests::*;
+use longpoll_testkit::*;
 use tokio::time::Instant;
 
 fn longpoll(args: &[&str]) -> Output {

@@ -16,7 +16,7 @@ use longpoll::{Config, topology::CollegeId};
 mod common;
 
 use longpoll_local::{BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY};
-use longpoll_tests::{
+use longpoll_testkit::{
     moto::{AWS_ENVIRONMENT, Moto, python},
     private_node::PrivateNode,
     scenario::{self, Target},

@@ -11,7 +11,7 @@ use std::{
 
 use longpoll::{config::DEV_JWT_SECRET, token::TokenIssuer, topology::UserId};
 use longpoll_local::{BrokerKind, Functions, cors, edge, serve_within};
-use longpoll_tests::{amqp_url, config, private_node::PrivateNode, unique_name, unique_user};
+use longpoll_testkit::{amqp_url, config, private_node::PrivateNode, unique_name, unique_user};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

@@ -7,7 +7,7 @@ use longpoll::{config::DEV_JWT_SECRET, token::TokenIssuer};
 mod common;
 
 use longpoll_local::BrokerKind;
-use longpoll_tests::{private_node::PrivateNode, unique_name, unique_user};
+use longpoll_testkit::{private_node::PrivateNode, unique_name, unique_user};
 use tokio::time::Instant;
 
 const POLL: &str = "/api/v1/communication/poll/events/";

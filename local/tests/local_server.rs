@@ -11,7 +11,7 @@ use std::{
 mod common;
 
 use longpoll_local::{BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, serve};
-use longpoll_tests::{
+use longpoll_testkit::{
     config,
     scenario::{self, Target},
     unique_name,
@@ -134,7 +134,7 @@ async fn the_banner_never_prints_real_secrets() {
     let key = "a-real-publish-key";
     let mut server = Command::new(env!("CARGO_BIN_EXE_longpoll-local"))
         .args(["--addr", "127.0.0.1:0"])
-        .env("AMQP_URL", longpoll_tests::amqp_url())
+        .env("AMQP_URL", longpoll_testkit::amqp_url())
         .env("JWT_SECRET", secret)
         .env("PUBLISH_API_KEY", key)
         .stdout(Stdio::piped())

@@ -12,7 +12,7 @@ use longpoll::{
     lambda::{DRAIN_GRACE, SHUTDOWN_EXTENSION},
     token::TokenIssuer,
 };
-use longpoll_tests::{
+use longpoll_testkit::{
     Fixture,
     managed::{Function, INVOCATION_TIMEOUT, events_of, status},
     private_node::PrivateNode,

@@ -2,13 +2,13 @@
 //!
 //! The real binary runs with `AWS_LAMBDA_MAX_CONCURRENCY=1000` against a Lambda Runtime
 //! API on loopback, as it would on a managed instance, on a private RabbitMQ node
-//! (`longpoll_tests::managed`): 1,000 users' polls are held at once in that one process,
+//! (`longpoll_testkit::managed`): 1,000 users' polls are held at once in that one process,
 //! on one AMQP connection; an event published to each user reaches exactly that user's
 //! poll, once; every answer comes before its invocation's deadline.
 
 use std::path::Path;
 
-use longpoll_tests::{
+use longpoll_testkit::{
     managed::{INVOCATION_TIMEOUT, events_of, hold_in_one_process, status},
     private_node::PrivateNode,
 };

@@ -1,11 +1,11 @@
 //! Broker work per idle poll on the Lambda path (one invocation per process), from the
 //! broker's own counters: in steady state a poll with nothing to return costs two
 //! requests, its `basic.consume` and its `basic.cancel`. Presence and the queue's
-//! declare and binds are skipped while recent (see `longpoll_tests::round_trips`).
+//! declare and binds are skipped while recent (see `longpoll_testkit::round_trips`).
 
 use std::path::Path;
 
-use longpoll_tests::{private_node::PrivateNode, round_trips::idle_polls};
+use longpoll_testkit::{private_node::PrivateNode, round_trips::idle_polls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_idle_poll_costs_the_broker_two_requests() {
