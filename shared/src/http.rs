@@ -30,8 +30,10 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("{method} is not allowed here; use {allow}")]
     MethodNotAllowed { method: Method, allow: Method },
+    /// A backend's credential (publish key, IAM) missing or wrong: 401, as for a user's
+    /// token, with its own codes.
     #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
+    ServiceUnauthorized { code: &'static str, message: String },
     #[error("too large: {what}")]
     PayloadTooLarge { what: String },
     #[error("this user already holds {max} polls at once; wait for one to answer")]
@@ -52,8 +54,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            // A service credential (publish key, IAM) that is missing or wrong.
-            ApiError::Forbidden { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::ServiceUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyPolls { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -65,7 +66,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(auth) => auth.code(),
-            ApiError::BadRequest { code, .. } | ApiError::Forbidden { code, .. } => code,
+            ApiError::BadRequest { code, .. } | ApiError::ServiceUnauthorized { code, .. } => code,
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::TooManyPolls { .. } => "too_many_polls",

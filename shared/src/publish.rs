@@ -55,15 +55,16 @@ impl PublishAuth {
     pub fn check(&self, request: &Request) -> Result<(), ApiError> {
         match self {
             PublishAuth::ApiKey { sha256 } => {
-                let given = api_key(request.headers()).ok_or_else(|| ApiError::Forbidden {
-                    code: "missing_api_key",
-                    message: "send the publish key as `X-Api-Key`".to_owned(),
-                })?;
+                let given =
+                    api_key(request.headers()).ok_or_else(|| ApiError::ServiceUnauthorized {
+                        code: "missing_api_key",
+                        message: "send the publish key as `X-Api-Key`".to_owned(),
+                    })?;
                 let given: [u8; 32] = Sha256::digest(given).into();
                 if bool::from(given.ct_eq(sha256)) {
                     Ok(())
                 } else {
-                    Err(ApiError::Forbidden {
+                    Err(ApiError::ServiceUnauthorized {
                         code: "invalid_api_key",
                         message: "the publish key is not valid".to_owned(),
                     })
@@ -78,7 +79,7 @@ impl PublishAuth {
                 {
                     Ok(())
                 }
-                _ => Err(ApiError::Forbidden {
+                _ => Err(ApiError::ServiceUnauthorized {
                     code: "iam_required",
                     message: "this route must be authorised with IAM (SigV4) by API Gateway"
                         .to_owned(),
