@@ -204,7 +204,7 @@ async fn poll_honours_nbf_issuer_and_audience(make: MakeBroker) {
         .unwrap()
         .as_secs();
     let issuer = TokenIssuer::new(JWT_SECRET.as_bytes());
-    let claims = |extra: serde_json::Value| {
+    let claims = |extra: Value| {
         let mut claims = serde_json::json!({"sub": user.0.to_string(), "exp": now + 600});
         claims
             .as_object_mut()

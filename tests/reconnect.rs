@@ -66,11 +66,7 @@ async fn the_next_poll_after_a_closed_connection_works(make: MakeBroker) {
 async fn a_connection_closed_mid_hold_answers_promptly_and_loses_nothing(make: MakeBroker) {
     let name = unique_name("reconnect");
     let config = config(&name);
-    let app = app(
-        config.clone(),
-        make(&config),
-        std::time::Duration::from_secs(5),
-    );
+    let app = app(config.clone(), make(&config), Duration::from_secs(5));
     let producer = rabbit(&longpoll_testkit::config(&unique_name(
         "reconnect-producer",
     )));

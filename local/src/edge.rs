@@ -83,6 +83,10 @@ impl Limits {
 }
 
 /// Raises the soft file-descriptor limit to the hard one; the limit now in force.
+#[allow(
+    unsafe_code,
+    reason = "libc's getrlimit and setrlimit have no safe wrapper here"
+)]
 fn raise_descriptor_limit() -> Option<usize> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -3,9 +3,9 @@
 //!
 //! - [`brokers`]: the brokers a behaviour runs on, and [`on_every_broker!`].
 //! - [`ids`], [`events`]: unique users and colleges, events, publishing and declaring.
-//! - [`app`], [`fixture`], [`assertions`]: handlers fed real API Gateway events, and
+//! - [`app`](mod@app), [`fixture`], [`assertions`]: handlers fed real API Gateway events, and
 //!   checks of their answers.
-//! - [`rabbitmqctl`]: the shared local node as an operator sees it;
+//! - [`rabbitmqctl`](mod@rabbitmqctl): the shared local node as an operator sees it;
 //!   [`private_node`]: a node of the test's own, for anything that stops or loads one.
 //! - [`scenario`]: the end-to-end walk over real HTTP that the local server (on both
 //!   brokers) and `cargo lambda watch` ([`watch`]) must all pass.

@@ -15,9 +15,9 @@
 //! Layout, one job per file:
 //! - [`session`]: the connection, its lanes (shared channels) and own channels;
 //! - `runner`: every operation runs through [`RabbitBroker::run_on`] (a turn, a bounded
-//!   wait, one retry on a fresh connection) and lapin's errors become [`BrokerError`]s;
+//!   wait, one retry on a fresh connection) and lapin's errors become [`BrokerError`](crate::broker::BrokerError)s;
 //! - `declare`: a subscriber's queue, its bindings and binding record, the device cap;
-//! - `consume`: a poll's consumer, from set-up to settlement ([`Poll`]);
+//! - `consume`: a poll's consumer, from set-up to settlement ([`crate::broker::Poll`]);
 //! - `publish`: mandatory, confirmed publishing ([`crate::broker::Publish`]);
 //! - `presence`: presence queues and lookups ([`crate::broker::Presence`]);
 //! - `tail`: a live copy of some routing keys' events, for debugging;

@@ -19,7 +19,7 @@ use crate::{broker::BrokerError, telemetry::Throttle};
 const MAX_OPERATIONS_IN_FLIGHT: usize = 64;
 
 impl RabbitBroker {
-    /// Runs `operation` on a borrowed channel (a shared [`Lane`] or an
+    /// Runs `operation` on a borrowed channel (a shared [`Lane`](super::session::Lane) or an
     /// [`super::session::OwnLane`], as `operation` takes), within one round-trip timeout
     /// and the caller's deadline; on failure tries once more (on a fresh connection if the
     /// old one died).
