@@ -1,6 +1,6 @@
 //! Publish→response latency under load, every server in one run: the yardstick (Nchan,
 //! in memory), the floor (the broker alone, AMQP consumers and no HTTP server:
-//! [`crate::consumers`]), the local server in the guide's mode and in cursor mode, and
+//! [`crate::load::consumers`]), the local server in the guide's mode and in cursor mode, and
 //! the guide's algorithm, at N=200 users / R=100 events/s and N=2000 / R=500. Each row
 //! is also given as a ratio to Nchan's figure of the same run, since the machine is
 //! shared and noisy: only figures taken side by side compare.
@@ -17,7 +17,7 @@ use longpoll::Broker;
 
 use crate::{
     breakdown,
-    load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
+    load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
     nchan::Nchan,
     probes,
     server::{Contenders, Server},
@@ -170,47 +170,43 @@ pub async fn run(
 ) -> Vec<LatencyRow> {
     let mut rows = Vec::new();
     for &(users, rate) in loads {
-        let mut variants: Vec<(&'static str, String, PollMode, PublishVia, Option<u32>)> = vec![];
+        let mut variants: Vec<(&'static str, Contender, Option<u32>)> = vec![];
         if let Some(nchan) = servers.nchan {
             variants.push((
                 NCHAN,
-                nchan.url.clone(),
-                PollMode::Nchan,
-                PublishVia::Nchan,
+                Contender::Nchan {
+                    url: nchan.url.clone(),
+                },
                 Some(nchan.pid),
             ));
         }
-        let amqp = PublishVia::Library(servers.library.clone());
         variants.push((
             FLOOR,
-            servers.amqp_url.clone(),
-            PollMode::Consumer,
-            amqp.clone(),
+            Contender::Consumers {
+                amqp_url: servers.amqp_url.clone(),
+                broker: servers.library.clone(),
+            },
             None,
         ));
-        let longpoll = (servers.longpoll.url.clone(), Some(servers.longpoll.pid));
+        let amqp = ServerPublish::Library(servers.library.clone());
+        let server = |url: &str, mode| Contender::Server {
+            url: url.to_owned(),
+            mode,
+            via: amqp.clone(),
+        };
+        let longpoll = &servers.longpoll;
         variants.push((
             LONGPOLL,
-            longpoll.0.clone(),
-            PollMode::Guide,
-            amqp.clone(),
-            longpoll.1,
+            server(&longpoll.url, PollMode::Guide),
+            Some(longpoll.pid),
         ));
         variants.push((
             CURSOR,
-            longpoll.0,
-            PollMode::Cursor,
-            amqp.clone(),
-            longpoll.1,
+            server(&longpoll.url, PollMode::Cursor),
+            Some(longpoll.pid),
         ));
         let guide = &servers.guide;
-        variants.push((
-            GUIDE,
-            guide.url.clone(),
-            PollMode::Guide,
-            amqp,
-            Some(guide.pid),
-        ));
+        variants.push((GUIDE, server(&guide.url, PollMode::Guide), Some(guide.pid)));
 
         variants.retain(|(server, ..)| {
             only.is_empty()
@@ -220,17 +216,15 @@ pub async fn run(
         });
         let mut reports: Vec<Vec<LoadReport>> = variants.iter().map(|_| Vec::new()).collect();
         for run in 1..=runs.max(1) {
-            for ((server, url, mode, publish, pid), reports) in variants.iter().zip(&mut reports) {
+            for ((server, contender, pid), reports) in variants.iter().zip(&mut reports) {
                 let report = load::run(LoadOptions {
-                    url: url.clone(),
+                    contender: contender.clone(),
                     users,
                     ramp_per_second: RAMP_PER_SECOND,
                     publish_rate: rate,
                     warm_up: WARM_UP,
                     seconds,
                     drain: Duration::from_secs(30),
-                    publish: publish.clone(),
-                    mode: *mode,
                     server_pid: *pid,
                 })
                 .await;

@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use crate::{
-    load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
+    load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
     stats,
 };
 
@@ -44,17 +44,19 @@ pub async fn run(options: Options) {
     );
     let pid = options.server_pid.or_else(server_pid);
     let report = load::run(LoadOptions {
-        url: options.url.clone(),
+        contender: Contender::Server {
+            url: options.url.clone(),
+            mode: PollMode::Guide,
+            via: ServerPublish::Endpoint {
+                api_key: options.publish_key.clone(),
+            },
+        },
         users: options.polls,
         ramp_per_second: options.ramp_per_second,
         publish_rate: options.publish_rate,
         warm_up: Duration::ZERO,
         seconds: options.seconds,
         drain: Duration::from_secs(30),
-        publish: PublishVia::Endpoint {
-            api_key: options.publish_key.clone(),
-        },
-        mode: PollMode::Guide,
         server_pid: pid,
     })
     .await;

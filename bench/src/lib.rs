@@ -6,9 +6,9 @@
 //! - [`breakdown`]: where publish→response time goes, step by step, one event at a time.
 //! - [`compare`]: publish→response latency under load, every server side by side,
 //!   as ratios to Nchan.
-//! - [`load`]: the load the HTTP benchmarks share: users holding polls while events
-//!   are published to random users, each event followed to the poll that returns it.
-//! - [`consumers`]: the same load with AMQP consumers in place of a server: the floor.
+//! - [`load`]: the load the latency benchmarks share: users holding polls while events
+//!   are published to random users, each event followed to the poll that returns it;
+//!   against a longpoll server, Nchan, or no server at all (AMQP consumers: the floor).
 //! - [`held`]: that load against a running server, reporting capacity.
 //! - [`herd`]: a reconnect herd (N new users at once) and offline presence lookups
 //!   against a running server.
@@ -26,7 +26,6 @@
 pub mod breakdown;
 pub mod cold_start;
 pub mod compare;
-pub mod consumers;
 pub mod guide;
 pub mod held;
 pub mod herd;

@@ -17,7 +17,7 @@ use std::{
 use longpoll::config::DEV_PUBLISH_KEY;
 
 use crate::{
-    load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
+    load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
     stats,
 };
 
@@ -71,21 +71,23 @@ pub async fn run(options: SoakOptions) -> SoakReport {
         })
     };
     let load = load::run(LoadOptions {
-        url: options.url,
+        contender: Contender::Server {
+            url: options.url,
+            mode: if options.cursor {
+                PollMode::Cursor
+            } else {
+                PollMode::Guide
+            },
+            via: ServerPublish::Endpoint {
+                api_key: DEV_PUBLISH_KEY.to_owned(),
+            },
+        },
         users: options.pollers,
         ramp_per_second: 500,
         publish_rate: options.publish_rate,
         warm_up: Duration::ZERO,
         seconds: options.seconds,
         drain: Duration::from_secs(60),
-        publish: PublishVia::Endpoint {
-            api_key: DEV_PUBLISH_KEY.to_owned(),
-        },
-        mode: if options.cursor {
-            PollMode::Cursor
-        } else {
-            PollMode::Guide
-        },
         server_pid: options.server_pid,
     })
     .await;

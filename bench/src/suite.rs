@@ -13,7 +13,7 @@ use crate::{
     cold_start,
     compare::{self, LatencyRow, cool_down},
     held,
-    load::{self, LoadOptions, LoadReport, PollMode, PublishVia},
+    load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
     probes::{self, Throughput},
     results,
     server::{Contenders, Server, sibling},
@@ -92,17 +92,19 @@ pub async fn run(options: Options) {
         let fresh = Server::start(sibling("longpoll-local"), &[], &env).await;
         eprintln!("  ramping up {} held polls ...", options.held_polls);
         let report = load::run(LoadOptions {
-            url: fresh.url.clone(),
+            contender: Contender::Server {
+                url: fresh.url.clone(),
+                mode: PollMode::Guide,
+                via: ServerPublish::Endpoint {
+                    api_key: longpoll::config::DEV_PUBLISH_KEY.to_owned(),
+                },
+            },
             users: options.held_polls,
             ramp_per_second: 200,
             publish_rate: 50,
             warm_up: Duration::ZERO,
             seconds: options.held_seconds,
             drain: Duration::from_secs(30),
-            publish: PublishVia::Endpoint {
-                api_key: longpoll::config::DEV_PUBLISH_KEY.to_owned(),
-            },
-            mode: PollMode::Guide,
             server_pid: Some(fresh.pid),
         })
         .await;
@@ -121,15 +123,17 @@ pub async fn run(options: Options) {
         for _ in 0..runs {
             reports.push(
                 load::run(LoadOptions {
-                    url: watch.base.clone(),
+                    contender: Contender::Server {
+                        url: watch.base.clone(),
+                        mode: PollMode::Guide,
+                        via: ServerPublish::Library(library.clone()),
+                    },
                     users: 8,
                     ramp_per_second: 8,
                     publish_rate: 10,
                     warm_up: Duration::ZERO,
                     seconds: options.seconds,
                     drain: Duration::from_secs(30),
-                    publish: PublishVia::Library(library.clone()),
-                    mode: PollMode::Guide,
                     server_pid: None,
                 })
                 .await,

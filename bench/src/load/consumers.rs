@@ -32,19 +32,22 @@ use longpoll::{
 use serde_json::Value;
 use tokio::{sync::Semaphore, time::Instant};
 
-use crate::load::{self, Ledger, LoadOptions, LoadReport};
+use super::{
+    LoadOptions, LoadReport,
+    window::{Ledger, fresh_user_base, publish_window},
+};
 
 /// Consumers per channel, as the server's lanes take them.
 const CONSUMERS_PER_CHANNEL: usize = 256;
 /// Queue set-ups in flight at once.
 const SET_UPS_AT_ONCE: usize = 32;
 
-/// Runs the load with AMQP consumers in place of HTTP pollers; `options.url` is the AMQP
-/// URL and `options.publish` how events are published (the library).
-pub async fn run(options: LoadOptions) -> LoadReport {
-    let exchange = Config::new(&options.url, None, "longpoll-bench").exchange;
+/// Runs the load with AMQP consumers of the broker at `amqp_url` in place of HTTP
+/// pollers.
+pub(super) async fn run(options: &LoadOptions, amqp_url: &str) -> LoadReport {
+    let exchange = Config::new(amqp_url, None, "longpoll-bench").exchange;
     let connection = Connection::connect(
-        &options.url,
+        amqp_url,
         ConnectionProperties::default().with_connection_name("longpoll-bench floor".into()),
     )
     .await
@@ -60,7 +63,7 @@ pub async fn run(options: LoadOptions) -> LoadReport {
     }
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let base_user = load::fresh_user_base();
+    let base_user = fresh_user_base();
     let users: Vec<UserId> = (0..options.users as u64)
         .map(|n| UserId(base_user + n))
         .collect();
@@ -84,7 +87,7 @@ pub async fn run(options: LoadOptions) -> LoadReport {
         .expect("never closed");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let report = load::publish_window(&options, &ledger, base_user, |_| {}).await;
+    let report = publish_window(options, &ledger, base_user, |_| {}).await;
     for consumer in consumers {
         consumer.abort();
     }
