@@ -14,6 +14,7 @@ use longpoll::routes::Route;
 use longpoll_local::{
     BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, MOUNTS, cors, router,
 };
+use longpoll_testkit::watch;
 use serde_norway::Value;
 use tower::ServiceExt;
 
@@ -27,32 +28,6 @@ const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 fn expected() -> BTreeMap<String, String> {
     routes()
         .map(|route| (route.path.to_owned(), route.function.to_owned()))
-        .collect()
-}
-
-fn cargo_metadata() -> toml::Table {
-    let text = std::fs::read_to_string(format!("{WORKSPACE}/Cargo.toml")).unwrap();
-    let manifest: toml::Table = toml::from_str(&text).unwrap();
-    manifest["workspace"]["metadata"]["lambda"]["watch"]
-        .as_table()
-        .unwrap()
-        .clone()
-}
-
-fn watch_router() -> BTreeMap<String, String> {
-    cargo_metadata()["router"]
-        .as_table()
-        .unwrap()
-        .iter()
-        .map(|(path, function)| {
-            (
-                path.clone(),
-                function
-                    .as_str()
-                    .expect("one function for every method")
-                    .to_owned(),
-            )
-        })
         .collect()
 }
 
@@ -149,7 +124,7 @@ fn tagged_strings(value: &Value, tag: &str) -> Vec<String> {
 #[test]
 fn the_route_table_the_watch_router_and_the_template_agree() {
     let template = template();
-    assert_eq!(watch_router(), expected(), "Cargo.toml watch router");
+    assert_eq!(watch::router(), expected(), "Cargo.toml watch router");
     assert_eq!(template_routes(&template), expected(), "template.yaml");
 }
 
@@ -214,7 +189,7 @@ fn the_template_timeouts_cover_the_poll_budget() {
 
 #[test]
 fn the_watch_router_serves_the_local_development_settings() {
-    let watch = cargo_metadata();
+    let settings = watch::settings();
     // Every function named is a binary of the workspace.
     for route in routes() {
         let manifest = format!("{WORKSPACE}/functions/{}/Cargo.toml", route.function);
@@ -222,10 +197,10 @@ fn the_watch_router_serves_the_local_development_settings() {
         assert!(text.contains(&format!("name = \"{}\"", route.function)));
     }
     // Held polls do not queue behind each other, and the secrets are the local ones.
-    assert!(watch["concurrency"].as_integer().unwrap() > 1);
-    assert_eq!(watch["env"]["JWT_SECRET"].as_str(), Some(DEV_JWT_SECRET));
+    assert!(settings["concurrency"].as_integer().unwrap() > 1);
+    assert_eq!(settings["env"]["JWT_SECRET"].as_str(), Some(DEV_JWT_SECRET));
     assert_eq!(
-        watch["env"]["PUBLISH_API_KEY"].as_str(),
+        settings["env"]["PUBLISH_API_KEY"].as_str(),
         Some(DEV_PUBLISH_KEY)
     );
 }

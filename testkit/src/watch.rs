@@ -11,6 +11,7 @@
 //! directory is.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -45,8 +46,7 @@ impl Watch {
     /// `/api/v1/communication/`) once, so a test measures answers, not builds.
     pub async fn start(env: &[(&str, &str)], warm: &[&str]) -> Watch {
         let port = free_port();
-        let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        build_functions(workspace);
+        build_functions();
         let log_path = std::env::temp_dir().join(format!("longpoll-watch-{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new("cargo");
@@ -65,7 +65,7 @@ impl Watch {
             command.args(["--env-var", &format!("{name}={value}")]);
         }
         let child = command
-            .current_dir(workspace)
+            .current_dir(WORKSPACE)
             .env_remove("RUST_LOG")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -79,7 +79,8 @@ impl Watch {
             log_path: log_path.clone(),
         };
 
-        // The first request builds and starts the function; allow for a cold build.
+        // The first request starts the function (already built, so in seconds; the
+        // generous limits are for a machine loaded by other tests).
         let client = reqwest::Client::new();
         let started = Instant::now();
         loop {
@@ -132,23 +133,45 @@ impl Watch {
     }
 }
 
-/// The functions the router in the root `Cargo.toml` serves.
-const FUNCTIONS: [&str; 5] = [
-    "poll-test",
-    "poll-events",
-    "poll-disconnect",
-    "publish-event",
-    "poll-online",
-];
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// `[workspace.metadata.lambda.watch]` of the root `Cargo.toml`: watch's settings.
+pub fn settings() -> toml::Table {
+    let text = std::fs::read_to_string(format!("{WORKSPACE}/Cargo.toml")).unwrap();
+    let manifest: toml::Table = toml::from_str(&text).unwrap();
+    manifest["workspace"]["metadata"]["lambda"]["watch"]
+        .as_table()
+        .expect("[workspace.metadata.lambda.watch]")
+        .clone()
+}
+
+/// Watch's router: path → the function that serves it, for every method.
+pub fn router() -> BTreeMap<String, String> {
+    settings()["router"]
+        .as_table()
+        .expect("[workspace.metadata.lambda.watch.router]")
+        .iter()
+        .map(|(path, function)| {
+            (
+                path.clone(),
+                function
+                    .as_str()
+                    .expect("one function for every method")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
 
 /// Builds each function as watch runs it (`cargo run --manifest-path Cargo.toml --bin
 /// NAME`, so with that binary's own features), one at a time.
-fn build_functions(workspace: &str) {
-    for function in FUNCTIONS {
+fn build_functions() {
+    let functions: BTreeSet<String> = router().into_values().collect();
+    for function in functions {
         let status = Command::new("cargo")
             .args(["build", "--quiet", "--manifest-path", "Cargo.toml", "--bin"])
-            .arg(function)
-            .current_dir(workspace)
+            .arg(&function)
+            .current_dir(WORKSPACE)
             .stdin(Stdio::null())
             .status()
             .expect("cargo runs");
