@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -43,7 +43,9 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(300);
 ///
 /// The Runtime API hanging up (the environment shutting down, `cargo lambda watch`
 /// stopping) ends the process quietly: it is how a function's life normally ends, not a
-/// failure. Any other error (a wrong `AWS_LAMBDA_RUNTIME_API`) is returned.
+/// failure. So does a Runtime API that served this process and then refuses the next
+/// connection (watch stopped between two invocations). Any other error (a wrong
+/// `AWS_LAMBDA_RUNTIME_API`, refused from the start) is returned.
 pub async fn serve<T, F, Fut>(state: T, handler: F) -> Result<(), Error>
 where
     T: Send + Sync + 'static,
@@ -84,7 +86,7 @@ where
         }
     };
     match result {
-        Err(error) if hung_up(&*error) => {
+        Err(error) if hung_up(&*error, in_flight.served()) => {
             debug!(%error, "the Lambda Runtime API hung up; exiting");
             Ok(())
         }
@@ -152,9 +154,15 @@ async fn register_for_shutdown() {
 struct InFlight {
     count: AtomicUsize,
     idle: Notify,
+    /// Whether any invocation has come: the Runtime API was there.
+    served: AtomicBool,
 }
 
 impl InFlight {
+    fn served(&self) -> bool {
+        self.served.load(Ordering::SeqCst)
+    }
+
     fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
@@ -205,6 +213,7 @@ where
     }
 
     fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+        self.in_flight.served.store(true, Ordering::SeqCst);
         self.in_flight.count.fetch_add(1, Ordering::SeqCst);
         let underway = Underway(self.in_flight.clone());
         let answer = self.inner.call(invocation);
@@ -216,9 +225,10 @@ where
     }
 }
 
-/// Whether `error` is the Runtime API's connection ending mid-request (rather than, say,
-/// no Runtime API at that address at all).
-fn hung_up(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `error` is the Runtime API going away: its connection ending mid-request, or,
+/// once it has `served` this process, refusing a new one (rather than, say, no Runtime
+/// API at that address at all).
+fn hung_up(error: &(dyn std::error::Error + 'static), served: bool) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
         if let Some(hyper) = error.downcast_ref::<hyper::Error>()
@@ -234,6 +244,12 @@ fn hung_up(error: &(dyn std::error::Error + 'static)) -> bool {
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::UnexpectedEof
             )
+        {
+            return true;
+        }
+        if served
+            && let Some(io) = error.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::ConnectionRefused
         {
             return true;
         }
@@ -256,4 +272,27 @@ async fn stop_requested() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Runtime API that refuses the connection: gone if it served this process, a
+    /// misconfiguration if it never did.
+    #[tokio::test]
+    async fn a_refused_runtime_api_has_gone_only_once_it_served() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap();
+        drop(closed);
+        let client = PooledClient::builder()
+            .with_endpoint(format!("http://{address}").parse().unwrap())
+            .build();
+        let next = http::Request::get("/2018-06-01/runtime/invocation/next")
+            .body(ApiBody::empty())
+            .unwrap();
+        let error = client.call(next).await.expect_err("nothing listens there");
+        assert!(hung_up(&*error, true), "{error:?}");
+        assert!(!hung_up(&*error, false), "{error:?}");
+    }
 }
