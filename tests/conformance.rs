@@ -605,6 +605,38 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     connection.close(200, "done".into()).await.ok();
 }
 
+/// The cluster's model: the user queue is a quorum queue with the same contract
+/// arguments, plus a delivery limit that no cursor client reaches; its binding record
+/// and the presence queue stay classic (one Raft group per user, not three).
+#[tokio::test]
+async fn rabbitmq_quorum_user_queues_carry_the_contract_arguments() {
+    let broker = rabbit_quorum(&config(&unique_name("conformance")));
+    let user = subscriber(unique_user(), Some(unique_college()));
+    declare(&*broker, &user).await;
+    broker
+        .mark_online(user.user_id, None, &PollBudget::until(in_a_while()))
+        .await
+        .unwrap();
+    let (arguments, durable, auto_delete) =
+        queue_on_broker(&user.queue_name()).expect("the user queue exists");
+    assert!(durable && !auto_delete);
+    assert_eq!(arguments["x-queue-type"], "quorum");
+    assert_eq!(arguments["x-max-length"], 100);
+    assert_eq!(arguments["x-overflow"], "drop-head");
+    assert_eq!(arguments["x-message-ttl"], 1_800_000);
+    assert_eq!(arguments["x-expires"], 1_800_000);
+    assert_eq!(
+        arguments["x-delivery-limit"],
+        longpoll::topology::QUORUM_DELIVERY_LIMIT
+    );
+    let record = longpoll::topology::binding_record_queue_name(&user.queue_name());
+    let (arguments, _, _) = queue_on_broker(&record).expect("the binding record exists");
+    assert_eq!(arguments["x-queue-type"], "classic");
+    let presence = longpoll::topology::presence_queue_name(user.user_id);
+    let (arguments, _, _) = queue_on_broker(&presence).expect("the presence queue exists");
+    assert_eq!(arguments["x-queue-type"], "classic");
+}
+
 /// A message a producer published with no `message_id` gets an id that is the same on
 /// every delivery, derived from the message itself.
 #[tokio::test]

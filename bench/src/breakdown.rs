@@ -33,7 +33,7 @@ use lapin::{
 use longpoll::{
     Broker, Config,
     broker::Publication,
-    topology::{Audience, UserId, user_queue_arguments},
+    topology::{Audience, QueueType, UserId, user_queue_arguments},
 };
 use tokio::{sync::mpsc, time::Instant};
 
@@ -195,7 +195,7 @@ async fn publish_steps(
     let (options, arguments) = match shape {
         Shape::LikeAUsers => {
             let mut arguments = FieldTable::default();
-            for (name, value) in user_queue_arguments() {
+            for (name, value) in user_queue_arguments(QueueType::Classic) {
                 arguments.insert(name.into(), AMQPValue::from(value));
             }
             let options = QueueDeclareOptions {

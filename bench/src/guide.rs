@@ -26,7 +26,7 @@ use longpoll::{
     broker::Poll,
     budget::PollBudget,
     event::Event,
-    topology::{MAX_BATCH, Subscriber, user_queue_arguments},
+    topology::{MAX_BATCH, QueueType, Subscriber, user_queue_arguments},
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -153,7 +153,7 @@ impl Poll for GuideBaseline {
 /// The contract's queue arguments as the guide's code passes them to its client.
 fn queue_arguments() -> FieldTable {
     let mut table = FieldTable::default();
-    for (name, value) in user_queue_arguments() {
+    for (name, value) in user_queue_arguments(QueueType::Classic) {
         table.insert(name.into(), value.into());
     }
     table

@@ -39,6 +39,7 @@ use longpoll::{
     http::{ApiError, json_response},
     publish::MAX_BODY_BYTES,
     routes::Route,
+    topology::QueueType,
 };
 use publish_event::Publisher;
 
@@ -82,10 +83,12 @@ impl Functions {
             ),
             // One long-running process serves every user here, so each user's consumer
             // may outlive their poll: an idle re-poll then costs the broker nothing.
-            BrokerKind::RabbitMq => Arc::new(LingeringBroker::new(
-                RabbitBroker::new(&config),
-                CONSUMER_LINGER,
-            )),
+            BrokerKind::RabbitMq if config.queue_type == QueueType::Classic => Arc::new(
+                LingeringBroker::new(RabbitBroker::new(&config), CONSUMER_LINGER),
+            ),
+            // Quorum queues (a cluster): a consumer per poll, as on Lambda; see
+            // `LingeringBroker::new`.
+            BrokerKind::RabbitMq => Arc::new(RabbitBroker::new(&config)),
         };
         Self::with_broker(config, broker, kind)
     }

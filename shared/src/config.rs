@@ -3,6 +3,8 @@
 
 use std::{env, fmt, time::Duration};
 
+use crate::topology::QueueType;
+
 pub use crate::{broker::DEFAULT_MAX_DEVICES_PER_USER, held::DEFAULT_MAX_POLLS_PER_USER};
 
 /// Default broker: the local RabbitMQ with its stock credentials.
@@ -68,6 +70,9 @@ pub struct Config {
     /// Most device queues one user keeps (`MAX_DEVICES_PER_USER`); see
     /// [`crate::broker::DEFAULT_MAX_DEVICES_PER_USER`].
     pub max_devices_per_user: usize,
+    /// What kind of queue holds each user's events (`QUEUE_TYPE`: `classic`, the
+    /// default, for a single node; `quorum` for a cluster).
+    pub queue_type: QueueType,
     /// The name this process's AMQP connection shows in the management UI and
     /// `rabbitmqctl list_connections`, so an operator can tell functions apart.
     pub connection_name: String,
@@ -189,6 +194,15 @@ impl Config {
             },
             max_polls_per_user: count("MAX_POLLS_PER_USER", DEFAULT_MAX_POLLS_PER_USER)?,
             max_devices_per_user: count("MAX_DEVICES_PER_USER", DEFAULT_MAX_DEVICES_PER_USER)?,
+            queue_type: match get("QUEUE_TYPE") {
+                None => QueueType::default(),
+                Some(text) => {
+                    QueueType::parse(text.trim()).ok_or_else(|| ConfigError::Invalid {
+                        var: "QUEUE_TYPE",
+                        reason: format!("expected classic or quorum, got {text:?}"),
+                    })?
+                }
+            },
             connection_name: get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| function.to_owned()),
         })
     }
@@ -210,6 +224,7 @@ impl Config {
             publish_trust_iam: false,
             max_polls_per_user: DEFAULT_MAX_POLLS_PER_USER,
             max_devices_per_user: DEFAULT_MAX_DEVICES_PER_USER,
+            queue_type: QueueType::default(),
             connection_name: connection_name.to_owned(),
         }
     }
@@ -245,6 +260,7 @@ impl fmt::Debug for Config {
             .field("publish_trust_iam", &self.publish_trust_iam)
             .field("max_polls_per_user", &self.max_polls_per_user)
             .field("max_devices_per_user", &self.max_devices_per_user)
+            .field("queue_type", &self.queue_type)
             .field("connection_name", &self.connection_name)
             .finish()
     }
@@ -285,6 +301,18 @@ mod tests {
         assert_eq!(config.poll_timeout, Duration::from_millis(5500));
         assert_eq!(config.presence_ttl, Duration::from_secs(300));
         assert_eq!(config.connection_name, "poll-events");
+        assert_eq!(config.queue_type, QueueType::Classic);
+    }
+
+    #[test]
+    fn the_queue_type_is_classic_or_quorum() {
+        let quorum = config(&[("QUEUE_TYPE", "quorum")]).unwrap();
+        assert_eq!(quorum.queue_type, QueueType::Quorum);
+        let error = config_error(&[("QUEUE_TYPE", "mirrored")]);
+        assert!(
+            error.to_string().starts_with("QUEUE_TYPE is invalid"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -117,11 +117,50 @@ pub fn college_presence_key(college: CollegeId, user: UserId) -> String {
     format!("college.{college}.user.{user}")
 }
 
+/// What kind of RabbitMQ queue holds each user's events (`QUEUE_TYPE`); see
+/// docs/decisions/0001-cluster-queue-model.md for the figures behind the choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// One copy on one node: the cheapest, and right for a single-node broker. On a
+    /// cluster the queue is out of reach while its node is down.
+    #[default]
+    Classic,
+    /// A Raft group replicated on three nodes: survives losing any one of them. For a
+    /// cluster (RabbitMQ 3.10 or later; 3.13 or later on Amazon MQ).
+    Quorum,
+}
+
+/// Most times a quorum queue hands out one event before dropping it. Cursor polls
+/// return every event they answer with to the queue until it is acknowledged, and
+/// RabbitMQ 4.0–4.2 count each return (their default limit, 20, would drop the events
+/// of a client whose answers keep getting lost); the 30-minute TTL ends them long before
+/// this. Explicit because -1, which disables the limit on 4.x, drops an event at its first
+/// return on 3.10 (checked here).
+pub const QUORUM_DELIVERY_LIMIT: u64 = 1_000_000;
+
+impl QueueType {
+    /// `classic` or `quorum`, as `x-queue-type` and `QUEUE_TYPE` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "classic" => Some(QueueType::Classic),
+            "quorum" => Some(QueueType::Quorum),
+            _ => None,
+        }
+    }
+}
+
 /// The arguments of every user queue, in the contract's words. `x-queue-type` is
 /// explicit because Amazon MQ on RabbitMQ 4 would otherwise make a quorum queue.
-pub fn user_queue_arguments() -> Vec<(&'static str, QueueArgument)> {
-    vec![
-        ("x-queue-type", QueueArgument::Text("classic")),
+pub fn user_queue_arguments(queue_type: QueueType) -> Vec<(&'static str, QueueArgument)> {
+    let mut arguments = vec![
+        ("x-queue-type", QueueArgument::Text(queue_type.as_str())),
         (
             "x-max-length",
             QueueArgument::Number(MAX_QUEUE_LENGTH as u64),
@@ -135,7 +174,14 @@ pub fn user_queue_arguments() -> Vec<(&'static str, QueueArgument)> {
             "x-expires",
             QueueArgument::Number(millis(USER_QUEUE_EXPIRES)),
         ),
-    ]
+    ];
+    if queue_type == QueueType::Quorum {
+        arguments.push((
+            "x-delivery-limit",
+            QueueArgument::Number(QUORUM_DELIVERY_LIMIT),
+        ));
+    }
+    arguments
 }
 
 /// `bindings:<queue>`: holds one message, the routing keys `queue` was last bound to
@@ -217,12 +263,22 @@ mod tests {
 
     #[test]
     fn user_queue_arguments_are_the_contract_values() {
-        let args = user_queue_arguments();
-        let get = |name: &str| args.iter().find(|(n, _)| *n == name).unwrap().1;
-        assert_eq!(get("x-queue-type"), QueueArgument::Text("classic"));
-        assert_eq!(get("x-max-length"), QueueArgument::Number(100));
-        assert_eq!(get("x-overflow"), QueueArgument::Text("drop-head"));
-        assert_eq!(get("x-message-ttl"), QueueArgument::Number(1_800_000));
-        assert_eq!(get("x-expires"), QueueArgument::Number(1_800_000));
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            let args = user_queue_arguments(queue_type);
+            let get = |name: &str| args.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+            assert_eq!(
+                get("x-queue-type"),
+                Some(QueueArgument::Text(queue_type.as_str()))
+            );
+            assert_eq!(get("x-max-length"), Some(QueueArgument::Number(100)));
+            assert_eq!(get("x-overflow"), Some(QueueArgument::Text("drop-head")));
+            assert_eq!(get("x-message-ttl"), Some(QueueArgument::Number(1_800_000)));
+            assert_eq!(get("x-expires"), Some(QueueArgument::Number(1_800_000)));
+            let limit = (queue_type == QueueType::Quorum)
+                .then_some(QueueArgument::Number(QUORUM_DELIVERY_LIMIT));
+            assert_eq!(get("x-delivery-limit"), limit);
+        }
+        assert_eq!(QueueType::parse("quorum"), Some(QueueType::Quorum));
+        assert_eq!(QueueType::parse("stream"), None);
     }
 }

@@ -22,6 +22,16 @@ pub fn rabbit(config: &Config) -> Arc<dyn Broker> {
     Arc::new(RabbitBroker::new(config))
 }
 
+/// RabbitMQ with quorum user queues, the cluster's model (`QUEUE_TYPE=quorum`): on the
+/// single node each is a Raft group of one, which behaves as on three.
+pub fn rabbit_quorum(config: &Config) -> Arc<dyn Broker> {
+    let config = Config {
+        queue_type: longpoll::topology::QueueType::Quorum,
+        ..config.clone()
+    };
+    Arc::new(RabbitBroker::new(&config))
+}
+
 /// RabbitMQ with consumers that outlive their polls, as the local server runs it.
 pub fn rabbit_lingering(config: &Config) -> Arc<dyn Broker> {
     Arc::new(LingeringBroker::new(
@@ -49,6 +59,10 @@ macro_rules! on_every_broker {
         mod rabbitmq {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $behaviour() { super::$behaviour($crate::rabbit).await })*
+        }
+        mod rabbitmq_quorum {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() { super::$behaviour($crate::rabbit_quorum).await })*
         }
         mod rabbitmq_lingering {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]

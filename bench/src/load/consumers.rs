@@ -27,7 +27,7 @@ use lapin::{
 };
 use longpoll::{
     Config,
-    topology::{Audience, Subscriber, UserId, user_queue_arguments},
+    topology::{Audience, QueueType, Subscriber, UserId, user_queue_arguments},
 };
 use serde_json::Value;
 use tokio::{sync::Semaphore, time::Instant};
@@ -117,7 +117,7 @@ fn queue_name(user: UserId) -> String {
 async fn set_up(channel: &Channel, exchange: &str, user: UserId) -> lapin::Consumer {
     let queue = queue_name(user);
     let mut arguments = FieldTable::default();
-    for (name, value) in user_queue_arguments() {
+    for (name, value) in user_queue_arguments(QueueType::Classic) {
         arguments.insert(name.into(), AMQPValue::from(value));
     }
     let durable = QueueDeclareOptions {

@@ -46,6 +46,15 @@ pub enum BrokerError {
         operation: &'static str,
         reason: String,
     },
+    /// The queue exists but is out of reach: its node is down (a cluster node restarting
+    /// for maintenance, RabbitMQ's 404 "home node ... is down or inaccessible"), or the
+    /// broker took an event for it and then said it could not keep it. Worth a retry
+    /// within seconds, once the node is back or the client has moved to a live one.
+    #[error("the broker cannot reach a queue for {operation}: {reason}")]
+    QueueUnavailable {
+        operation: &'static str,
+        reason: String,
+    },
     #[error("the broker failed during {operation}: {reason}")]
     Failed {
         operation: &'static str,

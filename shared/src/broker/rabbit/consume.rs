@@ -26,13 +26,14 @@ use super::{
     RabbitBroker,
     codec::decode,
     runner::failed,
-    session::{Lane, PREFETCH, poison},
+    session::{Borrow, Channelled, Lane, OwnLane, PREFETCH, REPLY_SUCCESS, poison},
 };
 use crate::{
     broker::{BrokerError, Poll},
     budget::{CLEAN_UP, PollBudget},
     event::Event,
-    topology::{MAX_BATCH, MAX_QUEUE_LENGTH, Subscriber},
+    telemetry::Throttle,
+    topology::{MAX_BATCH, MAX_QUEUE_LENGTH, QueueType, Subscriber},
 };
 
 impl RabbitBroker {
@@ -65,12 +66,12 @@ impl RabbitBroker {
 
     /// A consumer on `queue` (declared and bound to `keys` unless this process just did),
     /// on a borrowed lane, within the set-up of `budget`.
-    pub(super) async fn set_up_consumer(
+    pub(super) async fn set_up_consumer<L: Borrow + Channelled>(
         &self,
         queue: &str,
         keys: &[String],
         budget: &PollBudget,
-    ) -> Result<(Lane, lapin::Consumer), BrokerError> {
+    ) -> Result<(L, lapin::Consumer), BrokerError> {
         let deadline = budget.set_up_until();
         if !self.declared.recently(queue, keys) {
             self.declare_subscriber_queue(queue, keys, deadline).await?;
@@ -79,8 +80,8 @@ impl RabbitBroker {
             self.declared.remember(queue, keys);
         }
         let consumer = self
-            .run_on("poll set-up", deadline, |lane: Lane| async move {
-                let consumer = self.start_consumer(&lane.channel, queue).await?;
+            .run_on("poll set-up", deadline, |lane: L| async move {
+                let consumer = self.start_consumer(lane.channel(), queue).await?;
                 Ok((lane, consumer))
             })
             .await;
@@ -110,26 +111,48 @@ impl RabbitBroker {
     ) -> Result<Taken, BrokerError> {
         let queue = subscriber.queue_name();
         let keys = subscriber.routing_keys();
-        let (lane, mut consumer) = self.set_up_consumer(&queue, &keys, budget).await?;
-
         let mut deliveries = Vec::new();
         let mut consumer_ended = false;
-        match budget.within_hold(consumer.next()).await {
-            Some(Some(Ok(delivery))) => deliveries.push(delivery),
-            // The channel or connection died mid-hold; the broker requeues what it had sent.
-            Some(Some(Err(error))) => {
-                self.declared.forget(&queue);
-                return Err(failed("poll", error));
+        let (lane, mut consumer) = loop {
+            let (lane, mut consumer) = match self.queue_type {
+                QueueType::Classic => {
+                    let (lane, consumer) = self.set_up_consumer(&queue, &keys, budget).await?;
+                    (PollLane::Shared(lane), consumer)
+                }
+                QueueType::Quorum => {
+                    let (lane, consumer) = self.set_up_consumer(&queue, &keys, budget).await?;
+                    (PollLane::Own(lane), consumer)
+                }
+            };
+            match budget.within_hold(consumer.next()).await {
+                Some(Some(Ok(delivery))) => deliveries.push(delivery),
+                // The channel or connection died mid-hold (on a cluster, with the node
+                // it was on); the broker requeues what it had sent. Within the hold, the
+                // poll sets up again, on a fresh connection through the broker's endpoint
+                // to a live node, instead of answering 503: a node's restart then costs
+                // its users a reconnect, not a failed poll.
+                Some(Some(Err(error))) => {
+                    self.declared.forget(&queue);
+                    if budget.hold_over() {
+                        return Err(failed("poll", error));
+                    }
+                    static LOST: Throttle = Throttle::per_second();
+                    if let Some(suppressed) = LOST.allow() {
+                        warn!(%error, suppressed, "a held poll lost its channel; setting up again");
+                    }
+                    continue;
+                }
+                // The broker cancelled the consumer (the queue was deleted).
+                Some(None) => {
+                    consumer_ended = true;
+                    self.declared.forget(&queue);
+                }
+                None => {} // the hold is over
             }
-            // The broker cancelled the consumer (the queue was deleted).
-            Some(None) => {
-                consumer_ended = true;
-                self.declared.forget(&queue);
-            }
-            None => {} // the hold is over
-        }
+            break (lane, consumer);
+        };
         let collect = collect_rest(
-            &lane.channel,
+            &lane,
             &mut consumer,
             consumer_ended,
             &queue,
@@ -141,8 +164,11 @@ impl RabbitBroker {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(failed("poll", error)),
             Err(_) => {
-                // The poll answers 503; what it took goes back to the queue.
-                release(lane.channel.clone(), consumer, deliveries);
+                // The poll answers 503; what it took goes back to the queue (a channel
+                // of its own closes as the lane drops).
+                if let PollLane::Shared(lane) = &lane {
+                    release(lane.channel.clone(), consumer, deliveries);
+                }
                 return Err(BrokerError::Timeout("poll clean-up"));
             }
         }
@@ -161,6 +187,30 @@ impl RabbitBroker {
         taken: &Taken,
         remove: impl Fn(usize) -> bool,
     ) -> Result<(), BrokerError> {
+        let lane = match &taken.lane {
+            PollLane::Shared(lane) => lane,
+            PollLane::Own(lane) => {
+                // A quorum queue: ack what goes, then close the channel, which gives back
+                // the rest (and any delivery that came after we stopped reading) in queue
+                // order. Neither a cancel nor rejects, see [`PollLane::Own`].
+                let settle = async {
+                    for (index, delivery) in taken.deliveries.iter().enumerate() {
+                        if remove(index) {
+                            delivery.acker.ack(BasicAckOptions::default()).await?;
+                        }
+                    }
+                    lane.channel
+                        .close(REPLY_SUCCESS, "poll answered".into())
+                        .await
+                };
+                return match timeout_at(taken.clean_up_until, settle).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(failed("poll", error)),
+                    // The lane closes its channel as it drops.
+                    Err(_) => Err(BrokerError::Timeout("poll clean-up")),
+                };
+            }
+        };
         // One settlement each: delivery tags are per channel and lanes are shared, so a
         // `multiple` ack could take other polls' deliveries with it.
         let settle = async {
@@ -182,7 +232,7 @@ impl RabbitBroker {
             // return events.
             if requeued {
                 let unchanged = BasicQosOptions { global: false };
-                taken.lane.channel.basic_qos(PREFETCH, unchanged).await?;
+                lane.channel.basic_qos(PREFETCH, unchanged).await?;
             }
             Ok(())
         };
@@ -191,7 +241,7 @@ impl RabbitBroker {
             Ok(Err(error)) => Err(failed("poll", error)),
             Err(_) => {
                 // Closing the channel requeues whatever is still unacked.
-                poison(taken.lane.channel.clone());
+                poison(lane.channel.clone());
                 Err(BrokerError::Timeout("poll clean-up"))
             }
         }
@@ -236,10 +286,34 @@ pub(super) fn release(
     });
 }
 
+/// The channel a poll's consumer runs on.
+enum PollLane {
+    /// A classic queue: a shared lane. The consumer ends with a cancel, after which the
+    /// queue sends nothing more, and what the poll keeps is requeued with rejects.
+    Shared(Lane),
+    /// A quorum queue: a channel of the poll's own, closed when it is answered. A quorum
+    /// queue may still deliver to a consumer after its `cancel-ok` (the delivery was on
+    /// its way from the Raft leader; seen on 3.10); lapin drops a delivery for a consumer
+    /// it no longer knows, which leaves the event unacked on the channel, out of reach,
+    /// and later redelivered out of order. A reject also puts an event back behind
+    /// others that are returned later. Closing the channel gives back everything unacked
+    /// at once, in queue order.
+    Own(OwnLane),
+}
+
+impl PollLane {
+    fn channel(&self) -> &Channel {
+        match self {
+            PollLane::Shared(lane) => lane.channel(),
+            PollLane::Own(lane) => lane.channel(),
+        }
+    }
+}
+
 /// Deliveries taken from a queue and not yet settled, and the lane they came on (acks
 /// must go back on the same channel).
 struct Taken {
-    lane: Lane,
+    lane: PollLane,
     queue: String,
     deliveries: Vec<Delivery>,
     /// When the settlement must be done: the poll's clean-up started as the wait ended.
@@ -260,14 +334,29 @@ impl Taken {
 /// consumer with room as it enqueues it, so by `cancel-ok` the consumer has had all
 /// that was queued before the cancel.
 async fn collect_rest(
-    channel: &Channel,
+    lane: &PollLane,
     consumer: &mut lapin::Consumer,
     consumer_ended: bool,
     queue: &str,
     deliveries: &mut Vec<Delivery>,
     limit: usize,
 ) -> lapin::Result<()> {
-    if !consumer_ended {
+    let channel = lane.channel();
+    if let PollLane::Own(_) = lane {
+        // A quorum queue's consumer is never cancelled (see [`PollLane::Own`]): one round
+        // trip lets what the queue sent along with the first delivery arrive, and what is
+        // here by then joins the batch. The rest goes back when the channel closes.
+        if !consumer_ended {
+            let unchanged = BasicQosOptions { global: false };
+            channel.basic_qos(PREFETCH, unchanged).await?;
+            while deliveries.len() < limit {
+                match futures_lite::future::poll_once(consumer.next()).await {
+                    Some(Some(delivery)) => deliveries.push(delivery?),
+                    _ => break,
+                }
+            }
+        }
+    } else if !consumer_ended {
         channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
             .await?;

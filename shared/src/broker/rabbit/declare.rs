@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use lapin::{
-    BasicProperties,
+    BasicProperties, Channel,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
         QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -18,7 +18,8 @@ use super::{RabbitBroker, codec::field_table, publish::DEFAULT_EXCHANGE, session
 use crate::{
     broker::BrokerError,
     topology::{
-        Subscriber, binding_record_arguments, binding_record_queue_name, user_queue_arguments,
+        QueueArgument, Subscriber, binding_record_arguments, binding_record_queue_name,
+        user_queue_arguments,
     },
 };
 
@@ -120,91 +121,158 @@ impl RabbitBroker {
         keys: &[String],
         deadline: Instant,
     ) -> Result<(), BrokerError> {
+        match self.declare_with_record(queue, keys, deadline).await {
+            // The binding record is a classic queue, on one node: not worth a Raft group
+            // of its own. With its node down (a cluster's maintenance window), the user's
+            // queue, quorum and so on the live nodes, is declared and bound without it.
+            // The cost: a college change made while the record is away leaves the old
+            // college bound until this process declares the queue again (10 minutes on).
+            // If it is the user's queue itself that is out of reach (classic queues on a
+            // cluster), this fails the same way, and the poll answers 503.
+            Err(BrokerError::QueueUnavailable { .. }) => {
+                self.declare_without_record(queue, keys, deadline).await
+            }
+            other => other,
+        }
+    }
+
+    /// The queue and its bindings alone, pipelined: the last bind's reply vouches for all.
+    async fn declare_without_record(
+        &self,
+        queue: &str,
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<(), BrokerError> {
         let exchange = self.exchange();
-        self.run_on("queue declare", deadline, |lane: OwnLane| async move {
-            let channel = &lane.channel;
-            // Pipelined: only the last method waits, and its reply vouches for all the
-            // others, since a channel runs its methods in order and a refusal closes it.
-            let declare = QueueDeclareOptions {
-                durable: true,
-                nowait: true,
-                ..Default::default()
-            };
-            channel
-                .queue_declare(queue.into(), declare, field_table(user_queue_arguments()))
-                .await?;
-            for key in keys {
-                channel
-                    .queue_bind(
-                        queue.into(),
-                        exchange.into(),
-                        key.as_str().into(),
-                        QueueBindOptions { nowait: true },
-                        FieldTable::default(),
-                    )
-                    .await?;
+        let arguments = user_queue_arguments(self.queue_type);
+        self.run_on("queue declare", deadline, |lane: OwnLane| {
+            let arguments = arguments.clone();
+            async move {
+                declare_and_bind(&lane.channel, queue, exchange, keys, arguments, true).await?;
+                lane.finished();
+                Ok(())
             }
-            let record = binding_record_queue_name(queue);
-            channel
-                .queue_declare(
-                    record.as_str().into(),
-                    declare,
-                    field_table(binding_record_arguments()),
-                )
-                .await?;
-            let previous = channel
-                .basic_get(record.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
-                .map(|message| message.delivery);
-            let current = keys.join(" ");
-            match previous {
-                Some(previous) if previous.data == current.as_bytes() => {
-                    previous
-                        .acker
-                        .reject(BasicRejectOptions { requeue: true })
-                        .await?;
-                }
-                previous => {
-                    if let Some(previous) = &previous {
-                        let previous = String::from_utf8_lossy(&previous.data);
-                        let stale = previous
-                            .split(' ')
-                            .filter(|key| !key.is_empty() && !keys.iter().any(|k| k == key));
-                        for key in stale {
-                            channel
-                                .queue_unbind(
-                                    queue.into(),
-                                    exchange.into(),
-                                    key.into(),
-                                    FieldTable::default(),
-                                )
-                                .await?;
-                        }
-                    }
-                    // The new record first, then the old one goes: a crash in between
-                    // leaves two, and the record queue's length limit drops the older.
-                    // Transient: confirmed without a disk write, which a herd of new
-                    // users would wait on; a broker restart forgets it, and the next
-                    // college change after one leaves the old binding to the queue's
-                    // expiry.
-                    channel
-                        .basic_publish(
-                            DEFAULT_EXCHANGE.into(),
-                            record.as_str().into(),
-                            BasicPublishOptions::default(),
-                            current.as_bytes(),
-                            BasicProperties::default(),
-                        )
-                        .await?
-                        .await?;
-                    if let Some(previous) = previous {
-                        previous.acker.ack(BasicAckOptions::default()).await?;
-                    }
-                }
-            }
-            lane.finished();
-            Ok(())
         })
         .await
     }
+
+    /// The queue, its bindings and its binding record: see
+    /// [`Self::declare_subscriber_queue`].
+    async fn declare_with_record(
+        &self,
+        queue: &str,
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<(), BrokerError> {
+        let exchange = self.exchange();
+        let arguments = user_queue_arguments(self.queue_type);
+        self.run_on("queue declare", deadline, |lane: OwnLane| {
+            let arguments = arguments.clone();
+            async move {
+                let channel = &lane.channel;
+                // Pipelined: only the last method waits, and its reply vouches for all the
+                // others, since a channel runs its methods in order and a refusal closes it.
+                declare_and_bind(channel, queue, exchange, keys, arguments, false).await?;
+                let declare = QueueDeclareOptions {
+                    durable: true,
+                    nowait: true,
+                    ..Default::default()
+                };
+                let record = binding_record_queue_name(queue);
+                channel
+                    .queue_declare(
+                        record.as_str().into(),
+                        declare,
+                        field_table(binding_record_arguments()),
+                    )
+                    .await?;
+                let previous = channel
+                    .basic_get(record.as_str().into(), BasicGetOptions { no_ack: false })
+                    .await?
+                    .map(|message| message.delivery);
+                let current = keys.join(" ");
+                match previous {
+                    Some(previous) if previous.data == current.as_bytes() => {
+                        previous
+                            .acker
+                            .reject(BasicRejectOptions { requeue: true })
+                            .await?;
+                    }
+                    previous => {
+                        if let Some(previous) = &previous {
+                            let previous = String::from_utf8_lossy(&previous.data);
+                            let stale = previous
+                                .split(' ')
+                                .filter(|key| !key.is_empty() && !keys.iter().any(|k| k == key));
+                            for key in stale {
+                                channel
+                                    .queue_unbind(
+                                        queue.into(),
+                                        exchange.into(),
+                                        key.into(),
+                                        FieldTable::default(),
+                                    )
+                                    .await?;
+                            }
+                        }
+                        // The new record first, then the old one goes: a crash in between
+                        // leaves two, and the record queue's length limit drops the older.
+                        // Transient: confirmed without a disk write, which a herd of new
+                        // users would wait on; a broker restart forgets it, and the next
+                        // college change after one leaves the old binding to the queue's
+                        // expiry.
+                        channel
+                            .basic_publish(
+                                DEFAULT_EXCHANGE.into(),
+                                record.as_str().into(),
+                                BasicPublishOptions::default(),
+                                current.as_bytes(),
+                                BasicProperties::default(),
+                            )
+                            .await?
+                            .await?;
+                        if let Some(previous) = previous {
+                            previous.acker.ack(BasicAckOptions::default()).await?;
+                        }
+                    }
+                }
+                lane.finished();
+                Ok(())
+            }
+        })
+        .await
+    }
+}
+
+/// Sends the declare of the user's `queue` and its binds to `keys`, none of them waiting
+/// for a reply unless `last_waits`, when the last bind's reply vouches for them all.
+async fn declare_and_bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    keys: &[String],
+    arguments: Vec<(&'static str, QueueArgument)>,
+    last_waits: bool,
+) -> lapin::Result<()> {
+    let declare = QueueDeclareOptions {
+        durable: true,
+        nowait: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), declare, field_table(arguments))
+        .await?;
+    for (index, key) in keys.iter().enumerate() {
+        let nowait = !(last_waits && index + 1 == keys.len());
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.as_str().into(),
+                QueueBindOptions { nowait },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }

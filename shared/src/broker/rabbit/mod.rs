@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use self::{declare::Declared, presence::Refreshes, runner::Turns, session::Connector};
 pub use self::{linger::LingeringBroker, tail::Tail};
 use super::{Broker, devices::Devices};
-use crate::config::Config;
+use crate::{config::Config, topology::QueueType};
 
 /// RabbitMQ behind the [`Broker`] traits: one consumer per poll, the shape Lambda needs.
 pub struct RabbitBroker {
@@ -60,6 +60,8 @@ pub struct RabbitBroker {
     turns: Turns,
     /// The cap on each user's device queues.
     devices: Devices,
+    /// Classic or quorum user queues (see [`QueueType`]).
+    queue_type: QueueType,
 }
 
 impl RabbitBroker {
@@ -78,6 +80,7 @@ impl RabbitBroker {
             declared: Declared::default(),
             turns: Turns::default(),
             devices: Devices::new(config.max_devices_per_user),
+            queue_type: config.queue_type,
         }
     }
 

@@ -19,6 +19,7 @@ use lapin::{
     types::FieldTable,
 };
 use tokio::time::Instant;
+use tracing::warn;
 
 use super::{
     RabbitBroker,
@@ -30,6 +31,7 @@ use crate::{
     broker::{BrokerError, Presence},
     budget::PollBudget,
     http::RETRY_AFTER_SECS,
+    telemetry::Throttle,
     topology::{
         CollegeId, UserId, college_presence_key, presence_queue_arguments, presence_queue_name,
     },
@@ -155,7 +157,21 @@ impl Presence for RabbitBroker {
         if self.presence_refreshes.fresh(user, college) {
             return Ok(());
         }
-        self.declare_presence(user, college, budget).await?;
+        match self.declare_presence(user, college, budget).await {
+            Ok(()) => {}
+            // The presence queue is on a node that is down (a cluster's maintenance
+            // window): the user reads as offline until it is back, and their events,
+            // which do not depend on it, keep flowing. The declare comes again at the
+            // next refresh, not at every poll, which would only add refusals to the
+            // herd a node's restart already makes.
+            Err(error @ BrokerError::QueueUnavailable { .. }) => {
+                static AWAY: Throttle = Throttle::per_second();
+                if let Some(suppressed) = AWAY.allow() {
+                    warn!(%error, suppressed, "presence queue out of reach; polling on without it");
+                }
+            }
+            Err(error) => return Err(error),
+        }
         self.presence_refreshes
             .declared(user, college, self.presence_ttl);
         Ok(())

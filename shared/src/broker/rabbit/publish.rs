@@ -5,14 +5,18 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use lapin::{BasicProperties, options::BasicPublishOptions};
+use lapin::{
+    BasicProperties,
+    options::{BasicPublishOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
 use tokio::time::Instant;
 
-use super::{RabbitBroker, session::OwnLane};
+use super::{RabbitBroker, runner::is_missing_queue, session::OwnLane};
 use crate::{
     broker::{BrokerError, Publication, Publish, Receipt},
     event::epoch_seconds,
-    topology::millis,
+    topology::{Audience, QueueType, Subscriber, UserId, millis},
 };
 
 /// The default exchange: routes a message to the queue its routing key names.
@@ -117,6 +121,13 @@ impl Publish for RabbitBroker {
         let routed = self
             .publish_mandatory("publish", self.exchange(), &messages)
             .await?;
+        if self.queue_type == QueueType::Quorum {
+            for (publication, _) in batch.iter().zip(&routed).filter(|(_, routed)| !**routed) {
+                if let Audience::User(user) = publication.audience {
+                    self.confirm_unrouted(user, &publication.event.id).await?;
+                }
+            }
+        }
         Ok(batch
             .iter()
             .zip(routed)
@@ -125,6 +136,50 @@ impl Publish for RabbitBroker {
                 routed,
             })
             .collect())
+    }
+}
+
+impl RabbitBroker {
+    /// Makes sure an event the broker returned for `user` found no queue, rather than a
+    /// queue it could not reach, before the publish answers `routed: false` ("nobody is
+    /// listening"; a backend may fall back to e-mail). On a cluster, RabbitMQ 3.x
+    /// returns a message routed to a classic queue whose node is down as it returns one
+    /// routed nowhere (4.x nacks it, which already fails the publish). A passive declare
+    /// tells them apart: `no queue` is the only answer that keeps `routed: false`.
+    /// One round trip per returned user event, so only on a cluster ([`QueueType::Quorum`]);
+    /// a college event is not checked (its members' queues cannot be listed).
+    async fn confirm_unrouted(&self, user: UserId, id: &str) -> Result<(), BrokerError> {
+        let queue = Subscriber {
+            user_id: user,
+            college_id: None,
+            device: None,
+        }
+        .queue_name();
+        let deadline = Instant::now() + self.connector.op_timeout;
+        let exists = self
+            .run_on("publish check", deadline, |lane: OwnLane| {
+                let queue = queue.clone();
+                async move {
+                    let passive = QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    };
+                    lane.channel
+                        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                        .await?;
+                    lane.finished();
+                    Ok(())
+                }
+            })
+            .await;
+        match exists {
+            Err(error) if is_missing_queue(&error) => Ok(()),
+            Err(error) => Err(error),
+            Ok(()) => Err(BrokerError::QueueUnavailable {
+                operation: "publish",
+                reason: format!("event {id} was returned though {queue} exists"),
+            }),
+        }
     }
 }
 

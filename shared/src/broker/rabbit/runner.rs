@@ -76,7 +76,12 @@ impl RabbitBroker {
                     }
                 }
             };
-            let refused = matches!(error, BrokerError::Refused { .. });
+            // Either way the broker closed the channel, and retrying at once would meet
+            // the same answer.
+            let refused = matches!(
+                error,
+                BrokerError::Refused { .. } | BrokerError::QueueUnavailable { .. }
+            );
             if refused {
                 session.note_refusal();
             }
@@ -89,6 +94,20 @@ impl RabbitBroker {
             }
         }
     }
+}
+
+/// How RabbitMQ's 404 ends when a queue exists on a node that is down: "home node
+/// 'rabbit@b-2' of durable queue 'q' in vhost '/' is down or inaccessible".
+pub(super) const HOME_NODE_DOWN: &str = "is down or inaccessible";
+
+/// How RabbitMQ's 404 for a queue that does not exist begins: "NOT_FOUND - no queue
+/// 'q' in vhost '/'" (3.x and 4.x alike).
+const NO_QUEUE: &str = "NOT_FOUND - no queue";
+
+/// Whether `error` is the broker saying a queue does not exist (as opposed to one whose
+/// node is down, a [`BrokerError::QueueUnavailable`]).
+pub(super) fn is_missing_queue(error: &BrokerError) -> bool {
+    matches!(error, BrokerError::Refused { reason, .. } if reason.contains(NO_QUEUE))
 }
 
 /// The queues of turns of [`RabbitBroker::turns`].
@@ -126,6 +145,14 @@ impl Turns {
 pub(super) fn failed(operation: &'static str, error: lapin::Error) -> BrokerError {
     let reason = error.to_string();
     match error.kind() {
+        // A classic queue whose node is down (RabbitMQ 3.x and 4.x word it alike): not a
+        // limit an operator must raise, a node that is coming back.
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(_))
+                && amqp.get_message().as_str().contains(HOME_NODE_DOWN) =>
+        {
+            BrokerError::QueueUnavailable { operation, reason }
+        }
         // A soft error is the broker closing one channel over one request it refused
         // (403, 404, 405, 406); the connection and its other channels carry on.
         lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)) => {

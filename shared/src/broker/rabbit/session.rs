@@ -94,6 +94,26 @@ impl Drop for Lane {
     }
 }
 
+/// The AMQP reply code of a channel closed in good order.
+pub(super) const REPLY_SUCCESS: u16 = 200;
+
+/// A borrowed channel, whichever kind.
+pub(super) trait Channelled {
+    fn channel(&self) -> &Channel;
+}
+
+impl Channelled for Lane {
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+impl Channelled for OwnLane {
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
 /// What an operation borrows from the session to run on: a shared [`Lane`] or an
 /// [`OwnLane`].
 pub(super) trait Borrow: Sized + Send {

@@ -25,7 +25,7 @@
 
 mod subscriptions;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use lapin::message::Delivery;
@@ -36,7 +36,7 @@ use crate::{
     broker::{Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt},
     budget::PollBudget,
     event::Event,
-    topology::{CollegeId, Subscriber, UserId},
+    topology::{CollegeId, QueueType, Subscriber, UserId},
 };
 
 /// A [`RabbitBroker`] whose consumers outlive their polls, for a long-running server
@@ -48,7 +48,17 @@ pub struct LingeringBroker {
 
 impl LingeringBroker {
     /// `rabbit`, with each user's consumer kept for `linger` after their poll ends.
+    ///
+    /// Classic queues only (panics on [`QueueType::Quorum`]): a lingering consumer ends
+    /// with a cancel and hands back what it kept with rejects, and a quorum queue may
+    /// deliver after a cancel and puts rejected events behind later returns (see
+    /// `consume`'s `PollLane`), which would hold events out of reach or reorder them.
     pub fn new(rabbit: RabbitBroker, linger: Duration) -> Self {
+        assert_eq!(
+            rabbit.queue_type,
+            QueueType::Classic,
+            "lingering consumers need classic queues"
+        );
         Self {
             rabbit,
             subscriptions: Arc::new(Subscriptions::new(linger)),
@@ -80,6 +90,31 @@ impl LingeringBroker {
         }
     }
 
+    /// Takes from the subscriber's lingering consumer with `take`. A consumer whose
+    /// channel died mid-hold (on a cluster, with the node it was on; the broker requeues
+    /// what it held) is replaced within the hold, on a fresh connection, as
+    /// [`RabbitBroker`]'s own polls do.
+    async fn attach_and_take<T, F, Fut>(
+        &self,
+        subscriber: &Subscriber,
+        budget: &PollBudget,
+        take: F,
+    ) -> Result<Taken<T>, BrokerError>
+    where
+        F: Fn(Attached) -> Fut,
+        Fut: Future<Output = Result<Taken<T>, BrokerError>>,
+    {
+        loop {
+            let attached = self.attach_lingering(subscriber, budget).await?;
+            match take(attached).await {
+                Err(BrokerError::Failed { .. }) if !budget.hold_over() => {
+                    self.rabbit.declared.forget(&subscriber.queue_name());
+                }
+                taken => return taken,
+            }
+        }
+    }
+
     /// A guide-mode poll through a lingering consumer: takes what it has buffered or
     /// receives.
     async fn wait_lingering(
@@ -88,8 +123,11 @@ impl LingeringBroker {
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
         let queue = subscriber.queue_name();
-        let attached = self.attach_lingering(subscriber, budget).await?;
-        let taken = attached.take(budget).await;
+        let taken = self
+            .attach_and_take(subscriber, budget, |attached| async move {
+                attached.take(budget).await
+            })
+            .await;
         self.lingering_answer(&queue, taken, |deliveries| {
             deliveries
                 .iter()
@@ -106,11 +144,20 @@ impl LingeringBroker {
         budget: &PollBudget,
     ) -> Result<Vec<Event>, BrokerError> {
         let queue = subscriber.queue_name();
-        let attached = self.attach_lingering(subscriber, budget).await?;
-        let acknowledged =
-            |delivery: &Delivery| decode(&queue, delivery).is_some_and(|event| event.id == acked);
-        let taken = attached
-            .take_with_cursor(acknowledged, |delivery| decode(&queue, delivery), budget)
+        let queue_name = queue.as_str();
+        let acknowledged = &|delivery: &Delivery| {
+            decode(queue_name, delivery).is_some_and(|event| event.id == acked)
+        };
+        let taken = self
+            .attach_and_take(subscriber, budget, |attached| async move {
+                attached
+                    .take_with_cursor(
+                        acknowledged,
+                        |delivery| decode(queue_name, delivery),
+                        budget,
+                    )
+                    .await
+            })
             .await;
         self.lingering_answer(&queue, taken, |events| events)
     }
