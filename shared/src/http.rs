@@ -201,6 +201,21 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_on_a_down_node_is_a_short_outage_not_a_refusal() {
+        let error = ApiError::Unavailable(BrokerError::QueueUnavailable {
+            operation: "publish",
+            reason: "home node is down or inaccessible".to_owned(),
+        });
+        assert_eq!(error.code(), "broker_unavailable");
+        let response = error.into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(
+            response.headers()[header::RETRY_AFTER],
+            RETRY_AFTER_SECS.to_string().as_str()
+        );
+    }
+
+    #[test]
     fn query_parameters_come_from_the_uri_when_not_parsed() {
         let request: Request = lambda_http::http::Request::builder()
             .uri("http://localhost/api/v1/communication/poll/events/?token=a%2Bb&x=1")
