@@ -7,7 +7,8 @@
 //!   checks of their answers.
 //! - [`rabbitmqctl`](mod@rabbitmqctl): the shared local node as an operator sees it;
 //!   [`private_node`]: a node of the test's own, for anything that stops or loads one;
-//!   [`cluster`]: three of them behind HAProxy, for a node's loss.
+//!   [`cluster`]: three of them behind HAProxy, for a node's loss; [`drill`]: users and
+//!   a backend under faults, and what they saw.
 //! - [`scenario`]: the end-to-end walk over real HTTP that the local server (on both
 //!   brokers) and `cargo lambda watch` ([`watch`]) must all pass.
 //! - [`runtime_api`], [`managed`], [`round_trips`]: a Lambda Runtime API on loopback
@@ -22,6 +23,7 @@ pub mod app;
 pub mod assertions;
 pub mod brokers;
 pub mod cluster;
+pub mod drill;
 pub mod events;
 pub mod fixture;
 pub mod ids;
