@@ -10,7 +10,7 @@ use axum::{
     body::Body,
     http::{Request, StatusCode, header},
 };
-use longpoll::routes::Route;
+use longpoll::{routes::Route, topology::QueueType};
 use longpoll_local::{
     BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, MOUNTS, cors, router,
 };
@@ -373,4 +373,31 @@ fn the_functions_use_their_least_privilege_broker_user() {
     assert_eq!(function["Code"], "infra/broker-user");
     assert_eq!(function["Handler"], "index.handler");
     assert!(std::path::Path::new(&format!("{WORKSPACE}/infra/broker-user/index.py")).exists());
+}
+
+/// A cluster broker gets quorum user queues and a node-down alarm; a single node keeps
+/// classic queues (docs/decisions/0001-cluster-queue-model.md). Both values are ones
+/// the functions' configuration accepts.
+#[test]
+fn the_queue_type_follows_the_broker_deployment_mode() {
+    let template = template();
+    let environment = &template["Globals"]["Function"]["Environment"]["Variables"];
+    let Value::Tagged(choice) = &environment["QUEUE_TYPE"] else {
+        panic!("QUEUE_TYPE is chosen with !If: {:?}", environment["QUEUE_TYPE"]);
+    };
+    assert_eq!(choice.tag, "If");
+    let [condition, cluster, single] = choice.value.as_sequence().unwrap().as_slice() else {
+        panic!("!If [condition, then, else]");
+    };
+    let multi_az = &template["Conditions"][condition.as_str().unwrap()];
+    assert_eq!(tagged_strings(multi_az, "Ref"), ["BrokerDeploymentMode"]);
+    assert!(format!("{multi_az:?}").contains("CLUSTER_MULTI_AZ"));
+    for (value, expected) in [(cluster, QueueType::Quorum), (single, QueueType::Classic)] {
+        assert_eq!(QueueType::parse(value.as_str().unwrap()), Some(expected));
+    }
+    let alarm = &template["Resources"]["BrokerNodeDownAlarm"];
+    let alarm_condition = &template["Conditions"][alarm["Condition"].as_str().unwrap()];
+    assert!(format!("{alarm_condition:?}").contains(condition.as_str().unwrap()));
+    assert_eq!(alarm["Properties"]["Threshold"], 3, "three nodes report");
+    assert_eq!(alarm["Properties"]["ComparisonOperator"], "LessThanThreshold");
 }
