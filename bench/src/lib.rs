@@ -12,6 +12,8 @@
 //! - [`held`]: that load against a running server, reporting capacity.
 //! - [`herd`]: a reconnect herd (N new users at once) and offline presence lookups
 //!   against a running server.
+//! - [`cluster`]: the cluster fire drill: a rolling restart and a crash under 2,000
+//!   users, quorum against classic queues, beside a single node.
 //! - [`soak`]: that load in cursor mode with the broker connections killed periodically.
 //! - [`probes`]: queued-event answers, idle holds, publish throughput.
 //! - [`cold_start`]: the function binaries under a loopback Lambda Runtime API.
@@ -24,6 +26,7 @@
 //! - [`server`], [`stats`]: child server processes; percentiles, medians, RSS.
 
 pub mod breakdown;
+pub mod cluster;
 pub mod cold_start;
 pub mod compare;
 pub mod guide;

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use clap::{Parser, Subcommand, builder::PossibleValuesParser};
 use longpoll::{Config, RabbitBroker};
 use longpoll_bench::{
-    compare, guide::GuideBaseline, held, herd, latency, managed, results, soak, suite,
+    cluster, compare, guide::GuideBaseline, held, herd, latency, managed, results, soak, suite,
 };
 use longpoll_local::{BrokerKind, Functions, cors, serve};
 
@@ -73,6 +73,9 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1000")]
         polls: Vec<usize>,
     },
+    /// The cluster fire drill: a single node at AMQP_URL (`--node`) beside a private
+    /// 3-node cluster behind HAProxy, steady and through a rolling restart and a crash.
+    Cluster(cluster::Options),
     /// Pollers in cursor mode while the broker's connections are killed periodically;
     /// exits 1 if an event was lost or duplicated, or a 5xx other than 503 came back.
     Soak {
@@ -145,6 +148,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             users,
             lookups,
         } => herd::run(&url, &node, &users, lookups).await,
+        Command::Cluster(options) => {
+            let amqp_url = std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+            cluster::run(&amqp_url, &options).await
+        }
         Command::Managed {
             binary,
             node,

@@ -16,12 +16,12 @@ use std::{
 
 use longpoll::{
     Config, RabbitBroker,
-    broker::{Poll, Publication, Publish},
+    broker::{Poll, Presence, Publication, Publish},
     topology::{Audience, QueueType, Subscriber, UserId},
 };
 use tokio::time::{Instant, sleep};
 
-use crate::{JWT_SECRET, declare, message, subscriber, unique_name, unique_user};
+use crate::{JWT_SECRET, message, subscriber, unique_name, unique_user};
 
 /// Users whose queues are declared at once before a drill starts.
 const DECLARES_AT_ONCE: usize = 100;
@@ -44,6 +44,8 @@ pub struct Load {
 /// What a drill saw.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// How long declaring every user's queue took, before the drill proper.
+    pub declared_in: Duration,
     /// Publishes answered `routed: true`.
     pub routed: usize,
     /// Of those, events no user received by the end of the drain.
@@ -80,9 +82,10 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} routed, {} missing, {} wrongly unrouted, {} publishes retried, \
+            "users declared in {:?}, {} routed, {} missing, {} wrongly unrouted, {} publishes retried, \
              {} of {} polls failed, longest gap {:?}, latency p50 {:?} p99 {:?}, \
              recoveries {:?}",
+            self.declared_in,
             self.routed,
             self.missing,
             self.wrongly_unrouted,
@@ -139,6 +142,7 @@ where
         .map(|_| subscriber(unique_user(), None))
         .collect();
     // Every user's queue first, many at a time (each declare holds a short poll).
+    let declaring_since = Instant::now();
     let declares = Arc::new(tokio::sync::Semaphore::new(DECLARES_AT_ONCE));
     let declaring: Vec<_> = users
         .iter()
@@ -146,15 +150,17 @@ where
         .map(|(index, user)| {
             let (broker, user) = (instances[index % load.instances].clone(), user.clone());
             let declares = declares.clone();
+            let retry = load.retry;
             tokio::spawn(async move {
                 let _turn = declares.acquire().await.expect("never closed");
-                declare(&*broker, &user).await;
+                declare_until_done(&broker, &user, retry).await;
             })
         })
         .collect();
     for declared in declaring {
         declared.await.expect("a user's queue was declared");
     }
+    let declared_in = declaring_since.elapsed();
 
     let ledger = Arc::new(Ledger::default());
     let polling = Arc::new(AtomicBool::new(true));
@@ -206,10 +212,26 @@ where
         longpoll::Broker::close(&**instance).await;
     }
     let marks = marks.0.lock().unwrap().clone();
-    report(&ledger, missing(), &marks)
+    report(&ledger, missing(), &marks, declared_in)
 }
 
-fn report(ledger: &Ledger, missing: usize, marks: &[Instant]) -> Report {
+/// A user's first poll, declaring their queue, retried after `retry` as a browser
+/// retries a 503: a cluster creates quorum queues (a Raft group each) slower than one
+/// broker round trip's timeout when many come at once.
+async fn declare_until_done(broker: &RabbitBroker, user: &Subscriber, retry: Duration) {
+    loop {
+        let budget = crate::PollBudget::until(Instant::now() + Duration::from_millis(300));
+        let online = broker
+            .mark_online(user.user_id, user.college_id, &budget)
+            .await;
+        if online.is_ok() && broker.wait_for_events(user, &budget).await.is_ok() {
+            return;
+        }
+        sleep(retry).await;
+    }
+}
+
+fn report(ledger: &Ledger, missing: usize, marks: &[Instant], declared_in: Duration) -> Report {
     let routed = ledger.routed.lock().unwrap();
     let received = ledger.received.lock().unwrap();
     let polls = ledger.polls.lock().unwrap();
@@ -249,6 +271,7 @@ fn report(ledger: &Ledger, missing: usize, marks: &[Instant]) -> Report {
         .collect();
     let all: Vec<&(Instant, bool)> = polls.values().flatten().collect();
     Report {
+        declared_in,
         routed: routed.len(),
         missing,
         wrongly_unrouted: ledger.wrongly_unrouted.load(Ordering::Relaxed),
