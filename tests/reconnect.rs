@@ -106,10 +106,8 @@ mod rabbitmq {
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_closed_mid_hold_reconnects_within_the_hold() {
-        super::a_connection_closed_mid_hold_reconnects_within_the_hold(
-            longpoll_testkit::rabbit,
-        )
-        .await
+        super::a_connection_closed_mid_hold_reconnects_within_the_hold(longpoll_testkit::rabbit)
+            .await
     }
 }
 

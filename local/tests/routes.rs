@@ -383,7 +383,10 @@ fn the_queue_type_follows_the_broker_deployment_mode() {
     let template = template();
     let environment = &template["Globals"]["Function"]["Environment"]["Variables"];
     let Value::Tagged(choice) = &environment["QUEUE_TYPE"] else {
-        panic!("QUEUE_TYPE is chosen with !If: {:?}", environment["QUEUE_TYPE"]);
+        panic!(
+            "QUEUE_TYPE is chosen with !If: {:?}",
+            environment["QUEUE_TYPE"]
+        );
     };
     assert_eq!(choice.tag, "If");
     let [condition, cluster, single] = choice.value.as_sequence().unwrap().as_slice() else {
@@ -399,5 +402,8 @@ fn the_queue_type_follows_the_broker_deployment_mode() {
     let alarm_condition = &template["Conditions"][alarm["Condition"].as_str().unwrap()];
     assert!(format!("{alarm_condition:?}").contains(condition.as_str().unwrap()));
     assert_eq!(alarm["Properties"]["Threshold"], 3, "three nodes report");
-    assert_eq!(alarm["Properties"]["ComparisonOperator"], "LessThanThreshold");
+    assert_eq!(
+        alarm["Properties"]["ComparisonOperator"],
+        "LessThanThreshold"
+    );
 }
