@@ -43,6 +43,13 @@ pub struct Options {
     /// The single node to compare with (`rabbitmqctl -n`), at AMQP_URL.
     #[arg(long)]
     pub node: String,
+    /// The drills to run, of single, quorum, quorum-faults and classic-faults.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "single,quorum,quorum-faults,classic-faults"
+    )]
+    pub cases: Vec<String>,
 }
 
 /// One drill's line in the table.
@@ -67,28 +74,34 @@ pub async fn run(single_url: &str, options: &Options) {
     let steady = Duration::from_secs(options.steady);
     let mut rows = Vec::new();
 
+    let wanted = |case: &str| options.cases.iter().any(|wanted| wanted == case);
     let single = [options.node.clone()];
-    let (report, memory_per_user) = measured(
-        &single,
-        options.users,
-        drill::run(single_url, &load(QueueType::Classic), DRAIN, |_| {
-            sleep(steady)
-        }),
-    )
-    .await;
-    rows.push(Row {
-        broker: "single node",
-        queues: QueueType::Classic,
-        faults: "none",
-        report,
-        memory_per_user,
-    });
+    if wanted("single") {
+        let (report, memory_per_user) = measured(
+            &single,
+            options.users,
+            drill::run(single_url, &load(QueueType::Classic), DRAIN, |_| {
+                sleep(steady)
+            }),
+        )
+        .await;
+        rows.push(Row {
+            broker: "single node",
+            queues: QueueType::Classic,
+            faults: "none",
+            report,
+            memory_per_user,
+        });
+    }
 
-    for (queues, faults) in [
-        (QueueType::Quorum, false),
-        (QueueType::Quorum, true),
-        (QueueType::Classic, true),
+    for (case, queues, faults) in [
+        ("quorum", QueueType::Quorum, false),
+        ("quorum-faults", QueueType::Quorum, true),
+        ("classic-faults", QueueType::Classic, true),
     ] {
+        if !wanted(case) {
+            continue;
+        }
         // A fresh cluster each time: no queues or leaders left by the previous drill.
         let cluster = PrivateCluster::start_on(BENCH_CLUSTER_PORT);
         let nodes: Vec<String> = (1..=3).map(|n| cluster.node_name(n)).collect();
@@ -175,9 +188,9 @@ fn print(options: &Options, rows: &[Row]) {
         DRAIN.as_secs()
     );
     println!(
-        "| Broker | User queues | Faults | Routed | Lost | Wrongly `routed: false` | Publishes retried | Polls failed | Longest gap | p50 ms | p99 ms | Recovery per fault | Queues declared in | Broker KiB/user |"
+        "| Broker | User queues | Faults | Routed | Lost | Wrongly `routed: false` | Publishes retried | Polls failed | Early empty answers | Longest gap | p50 ms | p99 ms | Recovery per fault | Queues declared in | Broker KiB/user |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     for row in rows {
         let report = &row.report;
         let recoveries: Vec<String> = report
@@ -186,7 +199,7 @@ fn print(options: &Options, rows: &[Row]) {
             .map(|recovery| format!("{:.1} s", recovery.as_secs_f64()))
             .collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} of {} | {:.1} s | {} | {} | {} | {:.1} s | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} of {} | {} | {:.1} s | {} | {} | {} | {:.1} s | {:.1} |",
             row.broker,
             row.queues.as_str(),
             row.faults,
@@ -196,6 +209,7 @@ fn print(options: &Options, rows: &[Row]) {
             report.retried_publishes,
             report.failed_polls,
             report.failed_polls + report.answered_polls,
+            report.early_empty_polls,
             report.longest_gap.as_secs_f64(),
             ms(percentile_ms(&report.latencies, 0.5)),
             ms(percentile_ms(&report.latencies, 0.99)),
@@ -209,6 +223,6 @@ fn print(options: &Options, rows: &[Row]) {
         );
     }
     println!(
-        "\nLongest gap: the longest any user went between two answered polls. Recovery per fault: from the fault until every user whose polls failed after it had one answered again (the reconnect herd), for the three restarts and the crash in turn. Queues declared in: every user's first poll, 100 at a time, retried after 2 s on a 503 (before the drill's clock starts). Broker KiB/user: the nodes' memory after the drill less before it, over the users."
+        "\nEarly empty answers: polls answered with no event before half their hold, which a browser follows with another poll at once. Longest gap: the longest any user went between two answered polls. Recovery per fault: from the fault until every user whose polls failed after it had one answered again (the reconnect herd), for the three restarts and the crash in turn. Queues declared in: every user's first poll, 100 at a time, retried after 2 s on a 503 (before the drill's clock starts). Broker KiB/user: the nodes' memory after the drill less before it, over the users."
     );
 }

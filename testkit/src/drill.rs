@@ -58,6 +58,9 @@ pub struct Report {
     pub failed_polls: usize,
     /// Polls answered.
     pub answered_polls: usize,
+    /// Of those, answered with nothing before half the hold was over: a browser polls
+    /// again at once, so many of them would be a request storm.
+    pub early_empty_polls: usize,
     /// The longest any user went between two answered polls.
     pub longest_gap: Duration,
     /// Publish (start) to first receipt, for each routed event received, sorted.
@@ -83,8 +86,8 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "users declared in {:?}, {} routed, {} missing, {} wrongly unrouted, {} publishes retried, \
-             {} of {} polls failed, longest gap {:?}, latency p50 {:?} p99 {:?}, \
-             recoveries {:?}",
+             {} of {} polls failed, {} answered early and empty, longest gap {:?}, \
+             latency p50 {:?} p99 {:?}, recoveries {:?}",
             self.declared_in,
             self.routed,
             self.missing,
@@ -92,6 +95,7 @@ impl std::fmt::Display for Report {
             self.retried_publishes,
             self.failed_polls,
             self.failed_polls + self.answered_polls,
+            self.early_empty_polls,
             self.longest_gap,
             self.latency(0.5),
             self.latency(0.99),
@@ -111,6 +115,7 @@ struct Ledger {
     polls: Mutex<HashMap<UserId, Vec<(Instant, bool)>>>,
     wrongly_unrouted: AtomicUsize,
     retried_publishes: AtomicUsize,
+    early_empty_polls: AtomicUsize,
 }
 
 /// Faults are marked with [`Marks::mark`] as they happen; see [`Report::recoveries`].
@@ -276,6 +281,7 @@ fn report(ledger: &Ledger, missing: usize, marks: &[Instant], declared_in: Durat
         missing,
         wrongly_unrouted: ledger.wrongly_unrouted.load(Ordering::Relaxed),
         retried_publishes: ledger.retried_publishes.load(Ordering::Relaxed),
+        early_empty_polls: ledger.early_empty_polls.load(Ordering::Relaxed),
         failed_polls: all.iter().filter(|(_, ok)| !ok).count(),
         answered_polls: all.iter().filter(|(_, ok)| *ok).count(),
         longest_gap,
@@ -295,10 +301,14 @@ async fn poll_while(
 ) {
     let mut cursor = String::new();
     while polling.load(Ordering::Relaxed) {
-        let budget = crate::PollBudget::until(Instant::now() + load.hold);
+        let started = Instant::now();
+        let budget = crate::PollBudget::until(started + load.hold);
         let answer = broker.wait_with_cursor(&user, &cursor, &budget).await;
         let now = Instant::now();
         let answered = answer.is_ok();
+        if answer.as_ref().is_ok_and(Vec::is_empty) && now - started < load.hold / 2 {
+            ledger.early_empty_polls.fetch_add(1, Ordering::Relaxed);
+        }
         ledger
             .polls
             .lock()
