@@ -18,6 +18,10 @@ pub const RETRY_AFTER_SECS: u64 = 2;
 /// Seconds a client should wait after the broker refused its request: a limit that was
 /// reached is not lifted in two seconds.
 pub const REFUSED_RETRY_AFTER_SECS: u64 = 30;
+/// Every answer of the poll route names the hold it is served with, in milliseconds, so
+/// that a client times a poll out from the deployment's hold (`POLL_TIMEOUT_MS`), not
+/// from a constant of its own.
+pub const POLL_HOLD_HEADER: &str = "x-poll-hold-ms";
 
 /// Every way a request can fail, each with its status. Handlers return it and
 /// [`ApiError::into_response`] answers it; `Err` from a handler is kept for the truly
@@ -135,6 +139,14 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::Text(body))
         .expect("a response from a status, two static headers and a body is valid")
+}
+
+/// Names the poll's `hold` on `response` ([`POLL_HOLD_HEADER`]).
+pub fn with_poll_hold(mut response: Response<Body>, hold: Duration) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(POLL_HOLD_HEADER, HeaderValue::from(hold.as_millis() as u64));
+    response
 }
 
 /// Answers `outcome`, turning an [`ApiError`] into its JSON error response.

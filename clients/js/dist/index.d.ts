@@ -36,7 +36,9 @@ export interface LongPollingOptions {
     /** First retry delay and the cap of the exponential backoff, in ms. */
     backoffInitialMs?: number;
     backoffMaxMs?: number;
-    /** No answer for this long: abort the poll and retry (the guide's 10 s rule). */
+    /** No answer for this long: abort the poll and retry. By default the server's hold
+     * (the `X-Poll-Hold-Ms` of its last answer) plus 4.5 s: the guide's 10 s on its 5.5 s
+     * hold; before the first answer, the longest hold a front door allows plus 4.5 s. */
     healthTimeoutMs?: number;
     /** For tests and other runtimes. */
     fetch?: typeof fetch;
@@ -66,6 +68,10 @@ export declare class LongPollingClient {
     status: Status;
     private token;
     private readonly options;
+    /** The caller's fixed health timeout, if it gave one. */
+    private readonly fixedHealthTimeoutMs;
+    /** The hold the server last named (`X-Poll-Hold-Ms`), in ms; null until it has. */
+    private serverHoldMs;
     private readonly fetchImpl;
     private readonly storage;
     private readonly random;
@@ -104,6 +110,11 @@ export declare class LongPollingClient {
     }): Promise<void>;
     private loop;
     private pollOnce;
+    /** How long the next poll may go unanswered: the caller's fixed timeout, or the
+     * server's hold plus a margin. */
+    healthTimeoutMs(): number;
+    /** Keeps the hold the server names on its answers (errors included). */
+    private learnHold;
     /** Runs the handlers for each new event, then advances the cursor past the batch. */
     private handle;
     private remember;

@@ -40,7 +40,9 @@ export interface LongPollingOptions {
   /** First retry delay and the cap of the exponential backoff, in ms. */
   backoffInitialMs?: number;
   backoffMaxMs?: number;
-  /** No answer for this long: abort the poll and retry (the guide's 10 s rule). */
+  /** No answer for this long: abort the poll and retry. By default the server's hold
+   * (the `X-Poll-Hold-Ms` of its last answer) plus 4.5 s: the guide's 10 s on its 5.5 s
+   * hold; before the first answer, the longest hold a front door allows plus 4.5 s. */
   healthTimeoutMs?: number;
   /** For tests and other runtimes. */
   fetch?: typeof fetch;
@@ -56,6 +58,12 @@ const CURSOR_KEY = "longpoll.cursor";
 /** A poll still held this long after it was sent was accepted (errors answer at once):
  * the status turns `live` without waiting out the first hold. */
 const LIVE_AFTER_MS = 1000;
+/** How much longer than the server's hold a poll may go unanswered before it is
+ * taken for a dead connection (the guide's 10 s on a 5.5 s hold). */
+const HEALTH_MARGIN_MS = 4500;
+/** The longest hold any front door allows (API Gateway's 30 s integration timeout):
+ * what a poll is given before the server has named its hold. */
+const LONGEST_HOLD_MS = 30_000;
 /** How many recent event ids are remembered for de-duplication. */
 const SEEN_IDS = 1000;
 
@@ -87,9 +95,13 @@ export class LongPollingClient {
   private readonly options: Required<
     Pick<
       LongPollingOptions,
-      "baseUrl" | "tokenInQuery" | "cursor" | "backoffInitialMs" | "backoffMaxMs" | "healthTimeoutMs"
+      "baseUrl" | "tokenInQuery" | "cursor" | "backoffInitialMs" | "backoffMaxMs"
     >
   >;
+  /** The caller's fixed health timeout, if it gave one. */
+  private readonly fixedHealthTimeoutMs: number | undefined;
+  /** The hold the server last named (`X-Poll-Hold-Ms`), in ms; null until it has. */
+  private serverHoldMs: number | null = null;
   private readonly fetchImpl: typeof fetch;
   private readonly storage: Pick<Storage, "getItem" | "setItem"> | null;
   private readonly random: () => number;
@@ -112,8 +124,8 @@ export class LongPollingClient {
       cursor: options.cursor ?? true,
       backoffInitialMs: options.backoffInitialMs ?? 1000,
       backoffMaxMs: options.backoffMaxMs ?? 30_000,
-      healthTimeoutMs: options.healthTimeoutMs ?? 10_000,
     };
+    this.fixedHealthTimeoutMs = options.healthTimeoutMs;
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.storage = options.storage !== undefined ? options.storage : defaultStorage();
     this.random = options.random ?? Math.random;
@@ -235,7 +247,8 @@ export class LongPollingClient {
     const abort = () => request.abort();
     signal.addEventListener("abort", abort, { once: true });
     // The guide's health rule: no answer for too long means the connection is dead.
-    const health = setTimeout(abort, this.options.healthTimeoutMs);
+    const healthTimeoutMs = this.healthTimeoutMs();
+    const health = setTimeout(abort, healthTimeoutMs);
     const accepted = setTimeout(() => {
       if (!signal.aborted) this.setStatus("live");
     }, LIVE_AFTER_MS);
@@ -246,6 +259,7 @@ export class LongPollingClient {
         signal: request.signal,
         cache: "no-store",
       });
+      this.learnHold(response);
       if (response.ok) {
         const body = (await response.json()) as { events?: LongPollEvent[] };
         if (!signal.aborted) this.handle(body.events ?? []);
@@ -259,7 +273,7 @@ export class LongPollingClient {
     } catch (cause) {
       const timedOut = request.signal.aborted && !signal.aborted;
       const message = timedOut
-        ? `no answer for ${this.options.healthTimeoutMs} ms`
+        ? `no answer for ${healthTimeoutMs} ms`
         : `network error: ${String(cause)}`;
       return { kind: "retry", error: new LongPollError(message, 0) };
     } finally {
@@ -267,6 +281,18 @@ export class LongPollingClient {
       clearTimeout(accepted);
       signal.removeEventListener("abort", abort);
     }
+  }
+
+  /** How long the next poll may go unanswered: the caller's fixed timeout, or the
+   * server's hold plus a margin. */
+  healthTimeoutMs(): number {
+    return this.fixedHealthTimeoutMs ?? (this.serverHoldMs ?? LONGEST_HOLD_MS) + HEALTH_MARGIN_MS;
+  }
+
+  /** Keeps the hold the server names on its answers (errors included). */
+  private learnHold(response: Response): void {
+    const hold = Number(response.headers?.get("x-poll-hold-ms"));
+    if (Number.isFinite(hold) && hold > 0) this.serverHoldMs = hold;
   }
 
   /** Runs the handlers for each new event, then advances the cursor past the batch. */

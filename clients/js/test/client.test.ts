@@ -139,6 +139,24 @@ test("network errors and timeouts retry; status goes connecting, live, reconnect
   assert.deepEqual(statuses, ["connecting", "live", "reconnecting", "live", "offline"]);
 });
 
+test("a poll times out from the hold the server names, not from a constant", async () => {
+  const held = (holdMs: string) =>
+    Response.json({ events: [], timestamp: 1 }, { headers: { "X-Poll-Hold-Ms": holdMs } });
+  const { poller, calls } = client([held("25000"), "hang"]);
+  assert.equal(poller.healthTimeoutMs(), 34_500, "before any answer: the longest hold");
+  poller.start();
+  await until(() => calls.length >= 2, "the second poll");
+  poller.stop();
+  assert.equal(poller.healthTimeoutMs(), 29_500, "a 25 s hold");
+  const failed = client([error(503, { "X-Poll-Hold-Ms": "5500" }), "hang"]);
+  failed.poller.start();
+  await until(() => failed.calls.length >= 2, "the poll after the 503");
+  failed.poller.stop();
+  assert.equal(failed.poller.healthTimeoutMs(), 10_000, "an error names the hold too");
+  const fixed = client([held("25000")], { healthTimeoutMs: 50 });
+  assert.equal(fixed.poller.healthTimeoutMs(), 50, "the caller's own timeout wins");
+});
+
 test("a 401 stops polling and reports why", async () => {
   const { poller, calls } = client([error(401), events({ id: "a" })]);
   const errors: unknown[] = [];

@@ -21,6 +21,7 @@ use longpoll::{
     event::MAX_EVENT_ID_LENGTH,
     http::{
         ApiError, json_response, now_seconds, poll_budget, query_param, require_method, respond,
+        with_poll_hold,
     },
     routes::Route,
     topology::{DeviceId, MAX_DEVICE_ID_LENGTH},
@@ -37,8 +38,10 @@ pub const ROUTE: Route = Route {
 };
 
 /// The Lambda handler; also mounted by the local server.
+/// Every answer, events or error, names the hold ([`longpoll::http::POLL_HOLD_HEADER`]).
 pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error> {
-    respond(poll(app, &request).await)
+    let response = respond(poll(app, &request).await)?;
+    Ok(with_poll_hold(response, app.config.poll_timeout))
 }
 
 async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
