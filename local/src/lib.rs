@@ -26,7 +26,7 @@ use axum::{
     Router,
     body::{Body as AxumBody, to_bytes},
     extract::{Request as AxumRequest, State},
-    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{StatusCode, header},
     response::Response as AxumResponse,
     routing::any,
 };
@@ -52,9 +52,11 @@ pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 pub const CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(15);
 use serde_json::json;
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 
 pub use longpoll::config::{DEV_JWT_SECRET, DEV_PUBLISH_KEY};
+/// The CORS policy the local server takes (`--cors-origins`), shared with the functions.
+pub use longpoll::cors::layer as cors;
 
 /// Which broker the server runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,30 +168,6 @@ pub fn router(functions: Arc<Functions>, cors: CorsLayer) -> Router {
         })
         .layer(cors)
         .with_state(functions)
-}
-
-/// CORS for `origins` (`*` for any): the methods, headers and exposed headers the
-/// browser client needs.
-pub fn cors(origins: &[String]) -> CorsLayer {
-    let allow_origin = if origins.iter().any(|origin| origin == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("x-api-key"),
-        ])
-        .expose_headers([header::RETRY_AFTER])
-        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Serves the router on `listener` within the default [`edge::Limits`] until `shutdown`

@@ -102,6 +102,15 @@ fn origins_can_be_restricted() {
             allowed.headers()["access-control-allow-origin"],
             "http://app.local:3000"
         );
+        // A script on that origin may read the hold and a 503's `Retry-After`.
+        let exposed = allowed.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            exposed.contains("retry-after") && exposed.contains("x-poll-hold-ms"),
+            "{exposed}"
+        );
         let other = client
             .get(&url)
             .header("origin", "http://evil.example")
@@ -208,6 +217,8 @@ async fn the_binary_prints_what_to_do_and_shuts_down_cleanly() {
         200,
         "the held poll answered during shutdown"
     );
+    // The answer names the hold it was served with, for the client's own timeout.
+    assert_eq!(response.headers()["x-poll-hold-ms"], "3000");
     assert_eq!(
         response.json::<serde_json::Value>().await.unwrap()["events"],
         serde_json::json!([])

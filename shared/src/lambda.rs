@@ -16,13 +16,13 @@ use lambda_http::{
     Adapter, Body, Error, Request, Response, http,
     lambda_runtime::{LambdaInvocation, Runtime, layers::TracingLayer},
     service_fn,
-    tower::{Service, layer::layer_fn},
+    tower::{Service, ServiceBuilder, layer::layer_fn},
 };
 use lambda_runtime_api_client::{PooledClient, body::Body as ApiBody};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::drain;
+use crate::{cors, drain};
 
 /// How long a stopping process waits for its invocations to answer once their holds
 /// ended. Lambda gives a runtime 500 ms after SIGTERM (300 ms beside external
@@ -58,15 +58,17 @@ where
     let counted = in_flight.clone();
     // lambda_http's `run_concurrent`, plus a count of the invocations whose answer is
     // not posted yet (the outermost layer wraps the post to the Runtime API).
-    let runtime = Runtime::new(Adapter::from(service_fn(move |request| {
-        handler(state.clone(), request)
-    })))
-    .layer(TracingLayer::new())
-    .layer(layer_fn(move |inner| Counted {
-        inner,
-        in_flight: counted.clone(),
-    }))
-    .run_concurrent();
+    // CORS here only where the front door does none (`CORS_ORIGINS`, set with an ALB).
+    let service = ServiceBuilder::new()
+        .option_layer(cors::from_env())
+        .service(service_fn(move |request| handler(state.clone(), request)));
+    let runtime = Runtime::new(Adapter::from(service))
+        .layer(TracingLayer::new())
+        .layer(layer_fn(move |inner| Counted {
+            inner,
+            in_flight: counted.clone(),
+        }))
+        .run_concurrent();
     tokio::pin!(runtime);
     let result = tokio::select! {
         result = &mut runtime => result,

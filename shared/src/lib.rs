@@ -26,6 +26,8 @@
 //!   and fast tests).
 //! - [`budget`]: [`budget::PollBudget`], how long a poll's set-up, hold and clean-up
 //!   may take, computed once per poll from the hold and the Lambda deadline.
+//! - [`cors`]: the CORS policy of the local server, and of the functions behind a front
+//!   door that does no CORS (`CORS_ORIGINS`).
 //! - [`drain`]: a stopping function process ends every hold at once, so its polls
 //!   answer instead of being cut off.
 //! - [`http`]: what every handler needs around the broker: JSON responses, the error to
@@ -46,6 +48,7 @@ pub mod app;
 pub mod broker;
 pub mod budget;
 pub mod config;
+pub mod cors;
 pub mod drain;
 pub mod event;
 pub mod held;
