@@ -1,8 +1,9 @@
 //! The Secrets Manager path end to end, as deployed: a local Secrets Manager API (moto's
-//! server on loopback) holds the broker credentials and the JWT key; the functions run
-//! under `cargo lambda watch` with the ARNs and `AWS_ENDPOINT_URL` set, and the
-//! environment's own `AMQP_URL` carries wrong credentials, so a poll that succeeds proves
-//! both secrets were read.
+//! server on loopback) holds the broker credentials, the JWT key and the publish key (as
+//! behind an ALB); the functions run under `cargo lambda watch` with the ARNs and
+//! `AWS_ENDPOINT_URL` set, and the environment's own `AMQP_URL` carries wrong
+//! credentials, so a poll that succeeds proves the broker and JWT secrets were read, and
+//! a publish accepted with the secret's key (the development key refused) the third.
 //!
 //! Needs moto and boto3 (`tests/infra/requirements.txt`, installed by `scripts/test`
 //! into the venv `LONGPOLL_PYTHON` points at) and `cargo lambda`.
@@ -17,11 +18,22 @@ use longpoll_testkit::{
 };
 use serde_json::Value;
 
-/// Creates the two secrets and returns their ARNs (broker, JWT).
-fn seed_secrets(endpoint: &str, broker_secret: &str, jwt_secret: &str) -> (String, String) {
+/// Creates the three secrets and returns their ARNs (broker, JWT, publish key).
+fn seed_secrets(
+    endpoint: &str,
+    broker_secret: &str,
+    jwt_secret: &str,
+    publish_key: &str,
+) -> (String, String, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/seed_secrets.py");
     let output = Command::new(python())
-        .args([script, &unique_name("longpoll"), broker_secret, jwt_secret])
+        .args([
+            script,
+            &unique_name("longpoll"),
+            broker_secret,
+            jwt_secret,
+            publish_key,
+        ])
         .env("AWS_ENDPOINT_URL", endpoint)
         .envs(AWS_ENVIRONMENT)
         .output()
@@ -35,6 +47,7 @@ fn seed_secrets(endpoint: &str, broker_secret: &str, jwt_secret: &str) -> (Strin
     (
         arns["amqp"].as_str().unwrap().to_owned(),
         arns["jwt"].as_str().unwrap().to_owned(),
+        arns["publish"].as_str().unwrap().to_owned(),
     )
 }
 
@@ -44,15 +57,18 @@ async fn functions_read_the_broker_and_jwt_secrets_from_secrets_manager() {
     let endpoint = moto.endpoint.clone();
     let jwt_secret = format!("from-secrets-manager-{}", unique_name("jwt"));
     // What Amazon MQ's generated secret holds: credentials, with the endpoint beside it.
-    let (amqp_arn, jwt_arn) = seed_secrets(
+    let publish_key = format!("publish-key-{}", unique_name("publish"));
+    let (amqp_arn, jwt_arn, publish_arn) = seed_secrets(
         &endpoint,
         r#"{"username": "guest", "password": "guest"}"#,
         &jwt_secret,
+        &publish_key,
     );
 
     let mut env = vec![
         ("AMQP_SECRET_ARN", amqp_arn.as_str()),
         ("JWT_SECRET_ARN", jwt_arn.as_str()),
+        ("PUBLISH_API_KEY_SECRET_ARN", publish_arn.as_str()),
         // The endpoint, with credentials the broker refuses: only the secret's work.
         ("AMQP_URL", "amqp://nobody:wrong@127.0.0.1:5672/%2f"),
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -80,5 +96,24 @@ async fn functions_read_the_broker_and_jwt_secrets_from_secrets_manager() {
 
     // The development key the router's env sets is no longer the one in use.
     let refused = poll(longpoll::config::DEV_JWT_SECRET).await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let publish = |key: &str| {
+        client
+            .post(watch.url("events/"))
+            .header("x-api-key", key)
+            .json(&serde_json::json!({"user_id": user.0, "event": "typing",
+                "data": {"sender_id": 2, "is_typing": true}}))
+            .timeout(Duration::from_secs(300))
+            .send()
+    };
+    let published = publish(&publish_key).await.expect("an answer");
+    assert_eq!(
+        published.status(),
+        200,
+        "{}",
+        published.text().await.unwrap()
+    );
+    let refused = publish(longpoll::config::DEV_PUBLISH_KEY).await.unwrap();
     assert_eq!(refused.status(), 401);
 }

@@ -128,62 +128,208 @@ fn the_route_table_the_watch_router_and_the_template_agree() {
     assert_eq!(template_routes(&template), expected(), "template.yaml");
 }
 
-/// What keeps a poll whole on AWS: the function may run for the poll's whole budget
-/// (set-up or hold, then clean-up, then sending), a Lambda deadline never shortens the
-/// longest hold the template allows, and the integration waits longer than the function.
+/// `Fn::FindInMap [PollHold, !Ref PollHoldSeconds, <name>]`: a figure that follows the
+/// hold parameter.
+fn follows_the_hold(value: &Value, name: &str) -> bool {
+    let Value::Tagged(tagged) = value else {
+        return false;
+    };
+    let Some(items) = tagged.value.as_sequence() else {
+        return false;
+    };
+    tagged.tag == "FindInMap"
+        && items[0] == "PollHold"
+        && tagged_strings(&items[1], "Ref") == ["PollHoldSeconds"]
+        && items[2] == name
+}
+
+/// What keeps a poll whole on AWS, for every hold the template allows: the function may
+/// run for the poll's whole budget (set-up or hold, then clean-up, then sending), a
+/// Lambda deadline never shortens the hold, the integration waits longer than the
+/// function (and no longer than API Gateway allows), and the alarm sits between the
+/// longest poll and the timeout. Every one of those figures follows the hold parameter.
 #[test]
 fn the_template_timeouts_cover_the_poll_budget() {
     use longpoll::budget::{CLEAN_UP, DEADLINE_MARGIN, PollBudget};
     use std::time::Duration;
 
     let template = template();
-    let hold_parameter = &template["Parameters"]["PollTimeoutMs"];
-    let longest_hold = Duration::from_millis(hold_parameter["MaxValue"].as_u64().unwrap());
+    let hold_parameter = &template["Parameters"]["PollHoldSeconds"];
     assert_eq!(
-        Duration::from_millis(hold_parameter["Default"].as_u64().unwrap()),
+        Duration::from_secs_f64(hold_parameter["Default"].as_str().unwrap().parse().unwrap()),
         longpoll::config::DEFAULT_POLL_TIMEOUT
     );
+    let holds = hold_parameter["AllowedValues"].as_sequence().unwrap();
+    let sending = DEADLINE_MARGIN - CLEAN_UP;
+    for allowed in holds {
+        let allowed = allowed.as_str().unwrap();
+        let row = &template["Mappings"]["PollHold"][allowed];
+        let hold = Duration::from_millis(row["HoldMs"].as_u64().unwrap());
+        assert_eq!(hold, Duration::from_secs_f64(allowed.parse().unwrap()));
+        let timeout = Duration::from_secs(row["FunctionTimeout"].as_u64().unwrap());
+        assert!(
+            timeout >= PollBudget::longest(hold) + sending,
+            "hold {allowed}: Timeout {timeout:?} is shorter than a poll's budget"
+        );
+        assert!(
+            timeout - DEADLINE_MARGIN >= hold,
+            "hold {allowed}: the Lambda deadline would cut the hold short"
+        );
+        assert!(
+            timeout <= hold + Duration::from_secs(2),
+            "hold {allowed}: {timeout:?}"
+        );
+        let integration = Duration::from_millis(row["IntegrationTimeoutMs"].as_u64().unwrap());
+        assert!(
+            integration > timeout,
+            "hold {allowed}: integration {integration:?}"
+        );
+        assert!(
+            integration <= Duration::from_secs(30),
+            "hold {allowed}: API Gateway's HTTP API stops integrations at 30 s"
+        );
+        let near = Duration::from_millis(row["NearTimeoutMs"].as_u64().unwrap());
+        assert!(near > PollBudget::longest(hold) - CLEAN_UP && near < timeout);
+    }
     let globals = &template["Globals"]["Function"];
     assert_eq!(globals["Runtime"], "provided.al2023");
     assert_eq!(globals["Architectures"][0], "arm64");
     assert_eq!(globals["Handler"], "bootstrap");
-    let function = &template["Resources"]["PollEventsFunction"]["Properties"];
-    let timeout = Duration::from_secs(
-        function["Timeout"]
-            .as_u64()
-            .or(globals["Timeout"].as_u64())
-            .unwrap(),
-    );
-    let sending = DEADLINE_MARGIN - CLEAN_UP;
-    assert!(
-        timeout >= PollBudget::longest(longest_hold) + sending,
-        "Timeout {timeout:?} is shorter than a poll's budget"
-    );
-    assert!(
-        timeout - DEADLINE_MARGIN >= longest_hold,
-        "the Lambda deadline would cut the hold short"
-    );
-    assert!(timeout <= Duration::from_secs(10), "Timeout {timeout:?}");
+    assert!(follows_the_hold(
+        &globals["Environment"]["Variables"]["POLL_TIMEOUT_MS"],
+        "HoldMs"
+    ));
+    let resources = &template["Resources"];
+    for function in ["PollEventsFunction", "PollEventsManagedFunction"] {
+        assert!(
+            follows_the_hold(
+                &resources[function]["Properties"]["Timeout"],
+                "FunctionTimeout"
+            ),
+            "{function}"
+        );
+    }
+    assert!(follows_the_hold(
+        &resources["PollEventsIntegration"]["Properties"]["TimeoutInMillis"],
+        "IntegrationTimeoutMs"
+    ));
+    assert!(follows_the_hold(
+        &resources["PollNearTimeoutAlarm"]["Properties"]["Threshold"],
+        "NearTimeoutMs"
+    ));
     assert_eq!(
         globals["MemorySize"], 128,
         "the poll function fits in 128 MB"
     );
-    let integration = Duration::from_millis(
-        template["Resources"]["PollEventsIntegration"]["Properties"]["TimeoutInMillis"]
-            .as_u64()
-            .unwrap(),
-    );
-    assert!(integration > timeout, "integration {integration:?}");
 
-    // The publish route is authorised by IAM and the function trusts it.
+    // The publish route is authorised by IAM and the function trusts it, unless an ALB
+    // (no IAM) is in front: then the key from the PublishKey secret is required.
     let publish = &template["Resources"]["PublishEventFunction"]["Properties"];
     assert_eq!(
         publish["Events"]["Publish"]["Properties"]["Auth"]["Authorizer"],
         "AWS_IAM"
     );
+    let variables = &publish["Environment"]["Variables"];
     assert_eq!(
-        publish["Environment"]["Variables"]["PUBLISH_TRUST_IAM"],
-        "true"
+        if_branches(&variables["PUBLISH_TRUST_IAM"], "Alb"),
+        ("false".to_owned(), "true".to_owned())
+    );
+    assert_eq!(
+        tagged_strings(&variables["PUBLISH_API_KEY_SECRET_ARN"], "Ref"),
+        ["PublishKey"]
+    );
+}
+
+/// `!If [condition, a, b]` on `condition`, as the strings `a` and `b`.
+fn if_branches(value: &Value, condition: &str) -> (String, String) {
+    let Value::Tagged(tagged) = value else {
+        panic!("not an !If: {value:?}")
+    };
+    let items = tagged.value.as_sequence().unwrap();
+    assert_eq!(
+        (tagged.tag.to_string().as_str(), &items[0]),
+        ("!If", &Value::from(condition))
+    );
+    (
+        items[1].as_str().unwrap().to_owned(),
+        items[2].as_str().unwrap().to_owned(),
+    )
+}
+
+/// With `FrontDoor=alb`, the load balancer routes every path of the route table to its
+/// function (a listener rule, a Lambda target group on the function's alias, and the
+/// permission for the load balancer to invoke it), keeps a held poll's connection open
+/// past the longest function timeout, and the functions answer CORS themselves.
+#[test]
+fn the_alb_front_door_routes_every_function() {
+    let template = template();
+    let resources = &template["Resources"];
+    let mut routed = BTreeMap::new();
+    for (_, rule) in resources.as_mapping().unwrap() {
+        if rule["Type"] != "AWS::ElasticLoadBalancingV2::ListenerRule" {
+            continue;
+        }
+        assert_eq!(rule["Condition"], "Alb");
+        let properties = &rule["Properties"];
+        let paths = properties["Conditions"][0]["PathPatternConfig"]["Values"]
+            .as_sequence()
+            .unwrap();
+        assert_eq!(paths.len(), 1);
+        let group_name = &tagged_strings(&properties["Actions"][0]["TargetGroupArn"], "Ref")[0];
+        let group = &resources[group_name.as_str()];
+        assert_eq!(group["Properties"]["TargetType"], "lambda");
+        let permission_name = group["DependsOn"].as_str().unwrap();
+        let permission = &resources[permission_name]["Properties"];
+        assert_eq!(
+            permission["Principal"],
+            "elasticloadbalancing.amazonaws.com"
+        );
+        let targets = tagged_strings(&group["Properties"]["Targets"][0]["Id"], "Ref");
+        assert_eq!(
+            targets,
+            tagged_strings(&permission["FunctionName"], "Ref"),
+            "{permission_name} lets the load balancer invoke what {group_name} targets"
+        );
+        let binaries: Vec<&str> = targets
+            .iter()
+            .map(|target| {
+                resources[target.trim_end_matches(".Alias")]["Metadata"]["BuildProperties"]
+                    ["Binary"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        assert!(!binaries.is_empty() && binaries.iter().all(|b| *b == binaries[0]));
+        let path = paths[0].as_str().unwrap().to_owned();
+        assert!(routed.insert(path, binaries[0].to_owned()).is_none());
+    }
+    assert_eq!(routed, expected(), "the ALB's listener rules");
+
+    let attributes = resources["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+        .as_sequence()
+        .unwrap();
+    let idle = attributes
+        .iter()
+        .find(|attribute| attribute["Key"] == "idle_timeout.timeout_seconds")
+        .expect("an idle timeout")["Value"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    let longest_timeout = template["Mappings"]["PollHold"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .map(|row| row["FunctionTimeout"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(idle > longest_timeout, "idle timeout {idle} s");
+    assert_eq!(
+        tagged_strings(
+            &template["Globals"]["Function"]["Environment"]["Variables"]["CORS_ORIGINS"],
+            "Ref"
+        ),
+        ["CorsAllowOrigins"]
     );
 }
 

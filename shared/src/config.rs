@@ -101,7 +101,11 @@ impl Config {
                 })?;
         #[cfg(not(feature = "secrets-manager"))]
         let from_secrets = {
-            for var in ["AMQP_SECRET_ARN", "JWT_SECRET_ARN"] {
+            for var in [
+                "AMQP_SECRET_ARN",
+                "JWT_SECRET_ARN",
+                "PUBLISH_API_KEY_SECRET_ARN",
+            ] {
                 if environment(var).is_some_and(|arn| !arn.trim().is_empty()) {
                     return Err(ConfigError::Invalid {
                         var,

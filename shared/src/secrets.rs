@@ -1,5 +1,6 @@
-//! Settings kept in AWS Secrets Manager: the broker credentials (`AMQP_SECRET_ARN`) and
-//! the JWT signing key (`JWT_SECRET_ARN`).
+//! Settings kept in AWS Secrets Manager: the broker credentials (`AMQP_SECRET_ARN`), the
+//! JWT signing key (`JWT_SECRET_ARN`) and the publish key (`PUBLISH_API_KEY_SECRET_ARN`,
+//! behind an ALB, which has no IAM check).
 //!
 //! Read once per cold start, through `aws-config` (region, credentials and
 //! `AWS_ENDPOINT_URL` from the environment, as every AWS SDK does) and the Secrets
@@ -10,7 +11,7 @@
 //! - broker: a whole URL (`amqps://user:pass@host:5671`), or JSON with `url`, or JSON with
 //!   `username` and `password` (what Amazon MQ's own secrets hold), which are put into
 //!   `AMQP_URL` (the broker's endpoint without credentials, e.g. from the template);
-//! - JWT: the key itself, as plain text.
+//! - JWT, publish key: the key itself, as plain text.
 
 use std::collections::HashMap;
 
@@ -32,9 +33,10 @@ pub struct SecretError {
 }
 
 /// The variables a secret may stand in for, each with the variable naming its ARN.
-const SECRET_BACKED: [(&str, &str); 2] = [
+const SECRET_BACKED: [(&str, &str); 3] = [
     ("AMQP_URL", "AMQP_SECRET_ARN"),
     ("JWT_SECRET", "JWT_SECRET_ARN"),
+    ("PUBLISH_API_KEY", "PUBLISH_API_KEY_SECRET_ARN"),
 ];
 
 /// Fetches the secrets whose ARNs `lookup` names and returns the settings they give,
