@@ -4,7 +4,9 @@
 //!
 //! The model, per online user: one poll is always held (a poll every `hold` seconds,
 //! plus one more for each event, which ends a poll early), so each online user is one
-//! API request every 5.5 s. On standard Lambda each held poll is one execution (billed
+//! request every 5.5 s by default, to the front door (API Gateway's HTTP API, billed per
+//! request, or an Application Load Balancer, billed by the hour and by capacity unit)
+//! and to Lambda. On standard Lambda each held poll is one execution (billed
 //! for its whole hold) and one AMQP connection. On managed instances a process holds
 //! `polls_per_environment` polls on one connection, and instances are billed by the hour
 //! (plus Lambda's management fee and request charge). In containers one local-server
@@ -13,8 +15,20 @@
 //! queue, its binding record, presence). Prices are list prices in us-east-1 at the time
 //! of writing; every one is a flag.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+/// What the browsers' and backends' requests arrive through (`FrontDoor`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontDoor {
+    /// API Gateway's HTTP API: a price per request.
+    HttpApi,
+    /// An Application Load Balancer: an hourly price and capacity units.
+    Alb,
+}
+
+/// The longest hold the template allows (`PollHoldSeconds`): API Gateway's HTTP API
+/// stops an integration at 30 s, and a poll needs 1.5 s past its hold.
+const LONGEST_HOLD_SECONDS: f64 = 25.0;
 /// The load, the deployment's settings, and the prices.
 #[derive(Args, Clone, Debug)]
 pub struct CostArgs {
@@ -30,9 +44,17 @@ pub struct CostArgs {
     /// Days in the month.
     #[arg(long, default_value_t = 30.0)]
     pub days: f64,
-    /// How long a poll is held with nothing to return, seconds (POLL_TIMEOUT_MS).
+    /// How long a poll is held with nothing to return, seconds (`PollHoldSeconds`, at
+    /// most 25).
     #[arg(long, default_value_t = 5.5)]
     pub hold_seconds: f64,
+    /// Lambda's front door (`FrontDoor`): http-api or alb.
+    #[arg(long, value_enum, default_value_t = FrontDoor::HttpApi)]
+    pub front_door: FrontDoor,
+    /// Bytes a poll moves through a load balancer, request and answer (its capacity
+    /// units count processed bytes).
+    #[arg(long, default_value_t = 1500.0)]
+    pub bytes_per_poll: f64,
     /// Log bytes per poll (about 1,300 at INFO; prod logs at WARN, nearly nothing).
     #[arg(long, default_value_t = 1300.0)]
     pub log_bytes_per_poll: f64,
@@ -78,10 +100,11 @@ pub struct CostArgs {
     /// Containers: $ a task-hour (Fargate arm64, 1 vCPU and 2 GB).
     #[arg(long, default_value_t = 0.039_5)]
     pub task_hour: f64,
-    /// Containers: $ a load-balancer hour (ALB).
+    /// ALB (containers, or `--front-door alb`): $ a load-balancer hour.
     #[arg(long, default_value_t = 0.0225)]
     pub load_balancer_hour: f64,
-    /// Containers: $ per load-balancer capacity unit hour (3,000 open connections each).
+    /// ALB: $ per load-balancer capacity unit hour (an LCU: 3,000 open connections, 25
+    /// new a second, or 1 GB an hour processed, 0.4 GB for Lambda targets).
     #[arg(long, default_value_t = 0.008)]
     pub lcu_hour: f64,
     /// Amazon MQ: $ an hour for each single-instance broker size, smallest first, as
@@ -128,15 +151,35 @@ impl Estimate {
     }
 }
 
+/// An Application Load Balancer for a month: its hours, and the capacity units of the
+/// busiest dimension while users are online (each browser keeps one connection open,
+/// so new connections stay few).
+fn load_balancer(args: &CostArgs, polls_per_hour: f64, lambda_targets: bool) -> f64 {
+    let online_hours = args.hours_per_day * args.days;
+    let gb_per_lcu_hour = if lambda_targets { 0.4 } else { 1.0 };
+    let lcus = (args.users as f64 / 3000.0)
+        .max(polls_per_hour * args.bytes_per_poll / 1e9 / gb_per_lcu_hour)
+        .max(1.0);
+    args.load_balancer_hour * 24.0 * args.days + lcus * args.lcu_hour * online_hours
+}
+
 /// The three ways, at `args.users`.
 pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
+    if !(args.hold_seconds > 0.0 && args.hold_seconds <= LONGEST_HOLD_SECONDS) {
+        return Err(format!(
+            "--hold-seconds must be above 0 and at most {LONGEST_HOLD_SECONDS} (the HTTP API stops an integration at 30 s)"
+        ));
+    }
     let users = args.users as f64;
     let online_hours = args.hours_per_day * args.days;
     let month_hours = 24.0 * args.days;
     let polls_per_user_hour = 3600.0 / args.hold_seconds + args.events_per_user_hour;
     let polls = users * online_hours * polls_per_user_hour;
     let logs = polls * args.log_bytes_per_poll / 1e9 * args.log_per_gb;
-    let http_api = polls / 1e6 * args.http_api_per_million;
+    let lambda_front = match args.front_door {
+        FrontDoor::HttpApi => polls / 1e6 * args.http_api_per_million,
+        FrontDoor::Alb => load_balancer(args, users * polls_per_user_hour, true),
+    };
     let lambda_requests = polls / 1e6 * args.lambda_per_million;
     let queues = args.users * QUEUES_PER_USER;
     let broker = |connections: u64| -> Result<(String, f64), String> {
@@ -152,7 +195,7 @@ pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
         name: "standard Lambda",
         compute: gb_seconds * args.lambda_gb_second,
         requests: lambda_requests,
-        front: http_api,
+        front: lambda_front,
         logs,
         broker_size: size,
         broker: broker_cost,
@@ -172,7 +215,7 @@ pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
         name: "Lambda Managed Instances",
         compute: instance_hours * args.instance_hour * (1.0 + args.management_fee),
         requests: lambda_requests,
-        front: http_api,
+        front: lambda_front,
         logs,
         broker_size: size,
         broker: broker_cost,
@@ -187,14 +230,12 @@ pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
         .max(args.min_tasks);
     let task_hours =
         tasks as f64 * online_hours + args.min_tasks as f64 * (month_hours - online_hours);
-    let requests_per_second = users / args.hold_seconds;
-    let lcus = (users / 3000.0).max(requests_per_second / 1000.0).max(1.0);
     let (size, broker_cost) = broker(tasks)?;
     let containers = Estimate {
         name: "local server in containers",
         compute: task_hours * args.task_hour,
         requests: 0.0,
-        front: args.load_balancer_hour * month_hours + lcus * args.lcu_hour * online_hours,
+        front: load_balancer(args, users * polls_per_user_hour, false),
         logs,
         broker_size: size,
         broker: broker_cost,
@@ -251,11 +292,17 @@ pub fn report(args: &CostArgs) -> Result<String, String> {
         format!("| {label} | {} |\n", cells.join(" | "))
     };
     let mut out = format!(
-        "A month for {} users online at once, {} h a day, {} events per user-hour, {} days:\n\n",
+        "A month for {} users online at once, {} h a day, {} events per user-hour, {} days; polls held {} s, Lambda behind {}, {} log bytes a poll:\n\n",
         thousands(args.users),
         args.hours_per_day,
         args.events_per_user_hour,
-        args.days
+        args.days,
+        args.hold_seconds,
+        match args.front_door {
+            FrontDoor::HttpApi => "API Gateway's HTTP API",
+            FrontDoor::Alb => "an Application Load Balancer",
+        },
+        thousands(args.log_bytes_per_poll.round() as u64),
     );
     out += &format!(
         "| | {} |\n|---|---|---|---|\n",
@@ -365,6 +412,53 @@ mod tests {
         let small = estimate(&args(&["--users", "100"])).unwrap();
         assert_eq!(small[0].broker_size, "mq.t3.micro");
         assert!(estimate(&args(&["--users", "100000"])).is_err());
+    }
+
+    #[test]
+    fn an_alb_bills_hours_and_capacity_units_not_requests() {
+        // 10,000 users, 5.5 s holds and 60 events an hour: 714.5 polls a user-hour of
+        // 1,500 bytes each, 10.7 GB an hour through the ALB, 26.8 LCUs for Lambda targets.
+        let alb = args(&["--front-door", "alb"]);
+        let [standard, managed, containers] = estimate(&alb).unwrap();
+        let polls_per_hour = 10_000.0 * (3600.0 / 5.5 + 60.0);
+        let lcus = polls_per_hour * 1500.0 / 1e9 / 0.4;
+        let expected = 0.0225 * 720.0 + lcus * 0.008 * 240.0;
+        assert!((managed.front - expected).abs() < 1e-6, "{}", managed.front);
+        assert_eq!(standard.front, managed.front);
+        // Containers' targets are not Lambda: 1 GB an LCU-hour.
+        let containers_lcus = polls_per_hour * 1500.0 / 1e9;
+        assert!(
+            (containers.front - (0.0225 * 720.0 + containers_lcus * 0.008 * 240.0)).abs() < 1e-6
+        );
+        let [_, http_api, _] = estimate(&args(&[])).unwrap();
+        assert!(managed.front * 10.0 < http_api.front);
+    }
+
+    #[test]
+    fn a_longer_hold_means_fewer_requests() {
+        let [_, short, _] = estimate(&args(&[])).unwrap();
+        let [_, long, _] = estimate(&args(&["--hold-seconds", "25"])).unwrap();
+        // 714.5 polls a user-hour against 204.
+        assert!((long.requests / short.requests - 204.0 / (3600.0 / 5.5 + 60.0)).abs() < 1e-9);
+        assert!(estimate(&args(&["--hold-seconds", "26"])).is_err());
+        assert!(estimate(&args(&["--hold-seconds", "0"])).is_err());
+    }
+
+    /// The goal: 10,000 online users on managed instances at no more than $0.10
+    /// per online user-month, with the cheapest configuration (25 s holds, an ALB, logs
+    /// at WARN).
+    #[test]
+    fn the_cheapest_configuration_costs_at_most_ten_cents_per_user() {
+        let cheapest = args(&[
+            "--hold-seconds",
+            "25",
+            "--front-door",
+            "alb",
+            "--log-bytes-per-poll",
+            "0",
+        ]);
+        let [_, managed, _] = estimate(&cheapest).unwrap();
+        assert!(managed.total() / 10_000.0 <= 0.10, "{managed:?}");
     }
 
     #[test]

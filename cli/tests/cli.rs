@@ -225,21 +225,29 @@ fn every_subcommand_has_help() {
     }
 }
 
-/// The README's cost section is `longpoll cost`'s output with the defaults, verbatim.
+/// Each of the README's cost tables (`<!-- longpoll cost ARGS -->`) is `longpoll cost
+/// ARGS`'s output, verbatim.
 #[test]
-fn the_readme_cost_section_is_the_cost_commands_output() {
-    let output = longpoll(&["cost"]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
+fn the_readme_cost_sections_are_the_cost_commands_output() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let section = readme
-        .split_once("<!-- longpoll cost -->\n")
-        .and_then(|(_, rest)| rest.split_once("<!-- /longpoll cost -->"))
-        .map(|(section, _)| section)
-        .expect("the README has a cost section");
-    assert_eq!(
-        section,
-        text(&output.stdout),
-        "run `longpoll cost` and paste its output"
-    );
+    let mut sections = 0;
+    for block in readme.split("<!-- longpoll cost").skip(1) {
+        let (args, rest) = block.split_once(" -->\n").expect("a marker ends its line");
+        let section = rest
+            .split_once("<!-- /longpoll cost -->")
+            .expect("each section is closed")
+            .0;
+        let mut command = vec!["cost"];
+        command.extend(args.split_whitespace());
+        let output = longpoll(&command);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert_eq!(
+            section,
+            text(&output.stdout),
+            "run `longpoll cost{args}` and paste its output"
+        );
+        sections += 1;
+    }
+    assert_eq!(sections, 2, "the defaults and the cheapest configuration");
 }
