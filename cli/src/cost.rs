@@ -29,6 +29,7 @@ pub enum FrontDoor {
 /// The longest hold the template allows (`PollHoldSeconds`): API Gateway's HTTP API
 /// stops an integration at 30 s, and a poll needs 1.5 s past its hold.
 const LONGEST_HOLD_SECONDS: f64 = 25.0;
+
 /// The load, the deployment's settings, and the prices.
 #[derive(Args, Clone, Debug)]
 pub struct CostArgs {

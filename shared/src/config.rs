@@ -11,6 +11,13 @@ pub use crate::{broker::DEFAULT_MAX_DEVICES_PER_USER, held::DEFAULT_MAX_POLLS_PE
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Default topic exchange every event is published to.
 pub const DEFAULT_EXCHANGE: &str = "longpoll.events";
+/// The variables a secret in AWS Secrets Manager may stand in for, each with the variable
+/// naming its ARN: read by `secrets`, refused with a message by a build without it.
+pub(crate) const SECRET_BACKED: [(&str, &str); 3] = [
+    ("AMQP_URL", "AMQP_SECRET_ARN"),
+    ("JWT_SECRET", "JWT_SECRET_ARN"),
+    ("PUBLISH_API_KEY", "PUBLISH_API_KEY_SECRET_ARN"),
+];
 /// How long a poll is held open when no event arrives (the guide's 5.5 s).
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_millis(5_500);
 /// How long a user counts as online after their last poll (the guide's 5 minutes).
@@ -101,11 +108,7 @@ impl Config {
                 })?;
         #[cfg(not(feature = "secrets-manager"))]
         let from_secrets = {
-            for var in [
-                "AMQP_SECRET_ARN",
-                "JWT_SECRET_ARN",
-                "PUBLISH_API_KEY_SECRET_ARN",
-            ] {
+            for (_, var) in SECRET_BACKED {
                 if environment(var).is_some_and(|arn| !arn.trim().is_empty()) {
                     return Err(ConfigError::Invalid {
                         var,

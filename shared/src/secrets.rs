@@ -24,6 +24,8 @@ use aws_smithy_http_client::{
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
+use crate::config::SECRET_BACKED;
+
 /// A secret that could not be read or made sense of: `var` is the `_ARN` setting that
 /// names it. The configuration reports it as that setting being invalid.
 #[derive(Debug)]
@@ -31,13 +33,6 @@ pub struct SecretError {
     pub var: &'static str,
     pub reason: String,
 }
-
-/// The variables a secret may stand in for, each with the variable naming its ARN.
-const SECRET_BACKED: [(&str, &str); 3] = [
-    ("AMQP_URL", "AMQP_SECRET_ARN"),
-    ("JWT_SECRET", "JWT_SECRET_ARN"),
-    ("PUBLISH_API_KEY", "PUBLISH_API_KEY_SECRET_ARN"),
-];
 
 /// Fetches the secrets whose ARNs `lookup` names and returns the settings they give,
 /// by variable name (`AMQP_URL`, `JWT_SECRET`). Empty when no ARN is set.
