@@ -177,6 +177,7 @@ impl RabbitBroker {
             queue,
             deliveries,
             clean_up_until,
+            _consumer: consumer,
         })
     }
 
@@ -318,6 +319,12 @@ struct Taken {
     deliveries: Vec<Delivery>,
     /// When the settlement must be done: the poll's clean-up started as the wait ended.
     clean_up_until: Instant,
+    /// Kept until the batch is settled. Dropping lapin's last handle on a consumer
+    /// sends `basic.cancel` in the background; on a quorum poll's own channel that
+    /// cancel raced with the channel's close and failed the close ("invalid channel
+    /// state: Closing (basic.cancel)"), answering 503 about one run in three of
+    /// tests/delivery.rs. Dropped after the close, it sends nothing.
+    _consumer: lapin::Consumer,
 }
 
 impl Taken {
