@@ -57,6 +57,35 @@ pub(super) struct Connector {
     /// caller reconnects while the others wait for the result instead of racing to open
     /// connections of their own.
     current: Mutex<Option<Session>>,
+    /// The connection being opened, if a caller's deadline passed before it was: the
+    /// next caller waits for the same attempt. Only touched under `current`'s lock.
+    opening: SyncMutex<Option<Attempt>>,
+}
+
+/// How long one connection attempt may go on, across callers, before a new one
+/// replaces it: longer than RabbitMQ's own handshake timeout (10 s), after which the
+/// broker has closed a handshake it never finished.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(15);
+
+/// A connection being opened, in a task of its own so that it runs to its end whoever
+/// waits for it. Dropping lapin's connect future midway does not stop it: its I/O
+/// thread goes on with the handshake for a connection nobody holds. On a busy cluster
+/// (a node restarting, the others catching up) handshakes outlast a caller's deadline,
+/// and a caller per deadline starting a fresh one piled up thousands of such
+/// connections and threads, which slowed the broker further.
+struct Attempt {
+    started: Instant,
+    task: tokio::task::JoinHandle<lapin::Result<Connection>>,
+}
+
+impl Attempt {
+    fn start(url: &str, properties: ConnectionProperties) -> Self {
+        let url = url.to_owned();
+        Attempt {
+            started: Instant::now(),
+            task: tokio::spawn(async move { Connection::connect(&url, properties).await }),
+        }
+    }
 }
 
 /// A live connection and its lanes.
@@ -213,6 +242,7 @@ impl Connector {
             exchange,
             op_timeout,
             current: Mutex::new(None),
+            opening: SyncMutex::new(None),
         }
     }
 
@@ -231,12 +261,27 @@ impl Connector {
         // handle on a lapin connection closes it, so its held polls finish first.
         *current = None;
         let deadline = deadline.min(Instant::now() + self.op_timeout);
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.connection_name.clone().into());
-        let connection = timeout_at(deadline, Connection::connect(&self.url, properties))
-            .await
-            .map_err(|_| BrokerError::Timeout("connect"))?
-            .map_err(|error| BrokerError::Unreachable(error.to_string()))?;
+        let mut attempt = self
+            .opening
+            .lock()
+            .unwrap()
+            .take()
+            .filter(|attempt| attempt.started.elapsed() < ATTEMPT_LIMIT)
+            .unwrap_or_else(|| {
+                let properties = ConnectionProperties::default()
+                    .with_connection_name(self.connection_name.clone().into());
+                Attempt::start(&self.url, properties)
+            });
+        let connection = match timeout_at(deadline, &mut attempt.task).await {
+            Ok(joined) => joined
+                .map_err(|error| BrokerError::Unreachable(error.to_string()))?
+                .map_err(|error| BrokerError::Unreachable(error.to_string()))?,
+            Err(_) => {
+                // Left running for the next caller (see [`Attempt`]).
+                *self.opening.lock().unwrap() = Some(attempt);
+                return Err(BrokerError::Timeout("connect"));
+            }
+        };
         let session = Session {
             connection: Arc::new(connection),
             lanes: Arc::default(),
