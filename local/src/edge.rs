@@ -146,6 +146,7 @@ pub async fn serve(
                     "connection cap reached: new connections get 503 until some close"
                 );
             }
+            longpoll::metrics::cap_hit(longpoll::metrics::Cap::Connections);
             tokio::spawn(shed(stream));
             continue;
         };

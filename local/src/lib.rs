@@ -12,6 +12,7 @@
 //!   returns (their hold ends), new connections are refused meanwhile.
 //! - [`edge`]: the connection cap, the header-read timeout and the bounded shutdown that
 //!   keep one client's sockets from tying the server up.
+//! - [`metrics`]: `GET /metrics` in Prometheus text, on a listener of its own.
 //!
 //! Each request becomes a `lambda_http::Request` (method, URI, headers, body), exactly
 //! what the handler sees under API Gateway bar the Lambda context, so the poll holds for
@@ -19,6 +20,7 @@
 
 pub mod demo;
 pub mod edge;
+pub mod metrics;
 
 use std::{future::Future, sync::Arc};
 

@@ -9,7 +9,7 @@ use longpoll::{
     topology::{CollegeId, UserId},
 };
 use longpoll_local::{
-    BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, demo, edge, serve_within,
+    BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY, Functions, cors, demo, edge, metrics, serve_within,
 };
 
 /// Every long-polling endpoint on its real path, in one process: in-memory events by
@@ -31,6 +31,37 @@ struct Args {
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=10))]
     header_read_timeout_secs: u64,
+    /// Where to serve `GET /metrics` (Prometheus text), apart from the API; `off` for
+    /// nowhere. Keep it on loopback or a private interface: it is not authenticated.
+    #[arg(long, env = "METRICS_ADDR", default_value_t = MetricsAddr::On(metrics::DEFAULT_METRICS_ADDR))]
+    metrics_addr: MetricsAddr,
+}
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Clone, Copy)]
+enum MetricsAddr {
+    On(SocketAddr),
+    Off,
+}
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "off" => Ok(MetricsAddr::Off),
+            address => address.parse().map(MetricsAddr::On),
+        }
+    }
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAddr::On(address) => address.fmt(f),
+            MetricsAddr::Off => f.write_str("off"),
+        }
+    }
 }
 
 #[tokio::main]
@@ -47,8 +78,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let functions = Arc::new(Functions::new(config, kind)?);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
+    let metrics_url = match args.metrics_addr {
+        MetricsAddr::On(address) => {
+            let metrics_listener = tokio::net::TcpListener::bind(address).await?;
+            let url = format!("http://{}/metrics", metrics_listener.local_addr()?);
+            let handle = metrics::install().expect("the first recorder of the process");
+            tokio::spawn(metrics::serve(metrics_listener, handle));
+            Some(url)
+        }
+        MetricsAddr::Off => None,
+    };
 
-    print_banner(&functions, &base, using_dev_secret).await;
+    print_banner(&functions, &base, metrics_url.as_deref(), using_dev_secret).await;
     let limits = edge::Limits {
         max_connections: args.max_connections,
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
@@ -67,7 +108,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool) {
+async fn print_banner(
+    functions: &Functions,
+    base: &str,
+    metrics_url: Option<&str>,
+    using_dev_secret: bool,
+) {
     let config = &functions.app.config;
     println!("longpoll-local listening on {base}");
     match functions.kind {
@@ -111,6 +157,10 @@ async fn print_banner(functions: &Functions, base: &str, using_dev_secret: bool)
         None => "(IAM)",
     };
     println!("publish key (X-Api-Key):          {key}");
+    println!(
+        "metrics (Prometheus text):        {}",
+        metrics_url.unwrap_or("off")
+    );
     println!();
     println!("See it work: open {base}/demo/ (Alice and Bob chatting through the browser client).");
     println!();

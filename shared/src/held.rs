@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::topology::UserId;
+use crate::{metrics, topology::UserId};
 
 /// Default cap on one user's polls held at once (`MAX_POLLS_PER_USER`): a tab or device
 /// holds one, so this leaves room for several of each.
@@ -47,6 +47,7 @@ impl HeldPolls {
             return None;
         }
         *count += 1;
+        metrics::poll_held();
         Some(Held {
             user,
             by_user: self.by_user.clone(),
@@ -56,6 +57,7 @@ impl HeldPolls {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        metrics::poll_released();
         let mut by_user = lock(&self.by_user);
         if let Some(count) = by_user.get_mut(&self.user) {
             *count -= 1;

@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::warn;
 
-use crate::{broker::BrokerError, budget::PollBudget, telemetry::Throttle, token::AuthError};
+use crate::{
+    broker::BrokerError, budget::PollBudget, metrics, telemetry::Throttle, token::AuthError,
+};
 
 /// Seconds a client should wait before retrying when the broker is unavailable.
 pub const RETRY_AFTER_SECS: u64 = 2;
@@ -82,6 +84,7 @@ impl ApiError {
     /// `{"error": code, "message": text}` with the status, plus `Allow` on 405 and
     /// `Retry-After` on 503.
     pub fn into_response(self) -> Response<Body> {
+        metrics::error_answered(self.code());
         let message = match &self {
             // The detail (host, AMQP reply) is for the logs, not for browsers.
             ApiError::Unavailable(cause @ BrokerError::Refused { .. }) => {

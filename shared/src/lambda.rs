@@ -22,7 +22,7 @@ use lambda_runtime_api_client::{PooledClient, body::Body as ApiBody};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::{cors, drain};
+use crate::{cors, drain, metrics::Emf};
 
 /// How long a stopping process waits for its invocations to answer once their holds
 /// ended. Lambda gives a runtime 500 ms after SIGTERM (300 ms beside external
@@ -41,6 +41,11 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(300);
 /// back whatever a poll had not acked. Lambda sends that SIGTERM only to a function with
 /// an extension, so it first registers one ([`register_for_shutdown`]).
 ///
+/// Metrics ([`Emf`]) go to CloudWatch through the log: written after each invocation on
+/// standard Lambda (an environment may be frozen, then never thawed, once it answered),
+/// every [`crate::metrics::MANAGED_FLUSH_INTERVAL`] when serving many invocations at
+/// once, and once more on the way out.
+///
 /// The Runtime API hanging up (the environment shutting down, `cargo lambda watch`
 /// stopping) ends the process quietly: it is how a function's life normally ends, not a
 /// failure. So does a Runtime API that served this process and then refuses the next
@@ -53,6 +58,22 @@ where
     Fut: Future<Output = Result<Response<Body>, Error>> + Send + 'static,
 {
     register_for_shutdown().await;
+    let metrics = Emf::install().map(Arc::new);
+    let concurrent = std::env::var("AWS_LAMBDA_MAX_CONCURRENCY")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .is_some_and(|max| max > 1);
+    let flush_each = metrics.clone().filter(|_| !concurrent);
+    if let Some(metrics) = metrics.clone().filter(|_| concurrent) {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::metrics::MANAGED_FLUSH_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                metrics.flush();
+            }
+        });
+    }
     let state = Arc::new(state);
     let in_flight = Arc::new(InFlight::default());
     let counted = in_flight.clone();
@@ -61,7 +82,17 @@ where
     // CORS here only where the front door does none (`CORS_ORIGINS`, set with an ALB).
     let service = ServiceBuilder::new()
         .option_layer(cors::from_env())
-        .service(service_fn(move |request| handler(state.clone(), request)));
+        .service(service_fn(move |request| {
+            let answer = handler(state.clone(), request);
+            let flush = flush_each.clone();
+            async move {
+                let answer = answer.await;
+                if let Some(metrics) = flush {
+                    metrics.flush();
+                }
+                answer
+            }
+        }));
     let runtime = Runtime::new(Adapter::from(service))
         .layer(TracingLayer::new())
         .layer(layer_fn(move |inner| Counted {
@@ -87,6 +118,9 @@ where
             }
         }
     };
+    if let Some(metrics) = &metrics {
+        metrics.flush();
+    }
     match result {
         Err(error) if hung_up(&*error, in_flight.served()) => {
             debug!(%error, "the Lambda Runtime API hung up; exiting");

@@ -43,6 +43,8 @@
 //! - [`lambda`]: [`lambda::serve`], how each function's `main` runs its handler on the
 //!   Lambda Runtime API (one invocation at a time, or many on Managed Instances).
 //! - [`telemetry`]: `tracing` set-up: JSON on AWS Lambda, readable text locally.
+//! - [`metrics`]: what the service measures, one set of names for the local server's
+//!   Prometheus text and the functions' CloudWatch embedded metric format.
 
 pub mod app;
 pub mod broker;
@@ -54,6 +56,7 @@ pub mod event;
 pub mod held;
 pub mod http;
 pub mod lambda;
+pub mod metrics;
 pub mod publish;
 pub mod routes;
 #[cfg(feature = "secrets-manager")]

@@ -17,7 +17,12 @@ use tracing_subscriber::EnvFilter;
 /// logs an error for every channel the broker closes over a refused request, which a
 /// hostile client could repeat at will. Every lapin failure that matters reaches this
 /// crate as the failure of an operation, logged (throttled) there.
-const DEFAULT_FILTER: &str = "info,lapin=off";
+///
+/// Nor from metrics_cloudwatch_embedded: it logs an error for every histogram value past
+/// the 100 a flush keeps (see [`crate::metrics::Emf`]), thousands a second under load.
+const DEFAULT_FILTER: &str = "info,lapin=off,metrics_cloudwatch_embedded=off";
+/// The crates kept quiet unless named (see [`DEFAULT_FILTER`]).
+const QUIET: &str = "lapin=off,metrics_cloudwatch_embedded=off";
 
 /// Logs as JSON on AWS Lambda (one object per line, which CloudWatch Logs Insights
 /// queries by field) and as readable text elsewhere. `LOG_FORMAT=json|text` overrides
@@ -26,11 +31,11 @@ const DEFAULT_FILTER: &str = "info,lapin=off";
 pub fn init() {
     let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .ok()
-        .map(|level| EnvFilter::new(format!("{},lapin=off", level.to_lowercase())))
+        .map(|level| EnvFilter::new(format!("{},{QUIET}", level.to_lowercase())))
         .unwrap_or_else(|| match std::env::var("RUST_LOG") {
-            // lapin stays off unless named: see DEFAULT_FILTER.
+            // lapin and the EMF exporter stay off unless named: see DEFAULT_FILTER.
             Ok(directives) if !directives.contains("lapin") => {
-                EnvFilter::new(format!("{directives},lapin=off"))
+                EnvFilter::new(format!("{directives},{QUIET}"))
             }
             Ok(directives) => EnvFilter::new(directives),
             Err(_) => EnvFilter::new(DEFAULT_FILTER),

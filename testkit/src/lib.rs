@@ -14,6 +14,8 @@
 //! - [`runtime_api`], [`managed`], [`round_trips`]: a Lambda Runtime API on loopback
 //!   and the real function binaries driven through it.
 //! - [`moto`]: a local Secrets Manager; [`process`]: a process's memory and CPU time.
+//! - [`emf`]: the metrics a function writes to its log, read and checked as CloudWatch
+//!   reads them.
 //!
 //! Every test uses its own random user and college ids, so tests run in parallel on the
 //! one shared broker without seeing each other's events, and leave only queues that
@@ -24,6 +26,7 @@ pub mod assertions;
 pub mod brokers;
 pub mod cluster;
 pub mod drill;
+pub mod emf;
 pub mod events;
 pub mod fixture;
 pub mod ids;

@@ -5,8 +5,10 @@
 //! `longpoll-bench managed` (which prints the process's memory and CPU).
 
 use std::{
+    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -76,23 +78,60 @@ impl Function {
         amqp_url: &str,
         env: &[(&str, &str)],
     ) -> Function {
-        Function(
-            Command::new(binary)
-                .env_clear()
-                .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
-                .env("AWS_LAMBDA_MAX_CONCURRENCY", concurrency.to_string())
-                .env("AWS_LAMBDA_FUNCTION_NAME", name)
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-                .env(INITIALIZATION_TYPE, initialization_type(concurrency))
-                .env("AMQP_URL", amqp_url)
-                .env("JWT_SECRET", DEV_JWT_SECRET)
-                .env("RUST_LOG", "warn")
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display())),
-        )
+        Self::command(binary, runtime, concurrency, name, amqp_url, env)
+            .stdout(Stdio::null())
+            .spawn()
+            .map(Function)
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()))
+    }
+
+    /// [`Function::start`], keeping what the process writes to stdout (its log, and its
+    /// metrics in embedded metric format), line by line, in the returned list.
+    pub fn start_logged(
+        binary: &Path,
+        runtime: &RuntimeApi,
+        concurrency: usize,
+        name: &str,
+        amqp_url: &str,
+        env: &[(&str, &str)],
+    ) -> (Function, Arc<Mutex<Vec<String>>>) {
+        let mut child = Self::command(binary, runtime, concurrency, name, amqp_url, env)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        (Function(child), lines)
+    }
+
+    fn command(
+        binary: &Path,
+        runtime: &RuntimeApi,
+        concurrency: usize,
+        name: &str,
+        amqp_url: &str,
+        env: &[(&str, &str)],
+    ) -> Command {
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
+            .env("AWS_LAMBDA_MAX_CONCURRENCY", concurrency.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env(INITIALIZATION_TYPE, initialization_type(concurrency))
+            .env("AMQP_URL", amqp_url)
+            .env("JWT_SECRET", DEV_JWT_SECRET)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
+        command
     }
 }
 

@@ -18,11 +18,12 @@ use lambda_http::{
 };
 use longpoll::{
     App,
-    event::MAX_EVENT_ID_LENGTH,
+    event::{Event, MAX_EVENT_ID_LENGTH},
     http::{
         ApiError, json_response, now_seconds, poll_budget, query_param, require_method, respond,
         with_poll_hold,
     },
+    metrics::{self, Cap},
     routes::Route,
     topology::{DeviceId, MAX_DEVICE_ID_LENGTH},
 };
@@ -40,19 +41,26 @@ pub const ROUTE: Route = Route {
 /// The Lambda handler; also mounted by the local server.
 /// Every answer, events or error, names the hold ([`longpoll::http::POLL_HOLD_HEADER`]).
 pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error> {
-    let response = respond(poll(app, &request).await)?;
-    Ok(with_poll_hold(response, app.config.poll_timeout))
+    let events = poll(app, &request).await;
+    metrics::poll_answered(events.as_deref().map_err(|_| ()));
+    let answer = events.map(|events| {
+        json_response(
+            StatusCode::OK,
+            &json!({"events": events, "timestamp": now_seconds()}),
+        )
+    });
+    Ok(with_poll_hold(respond(answer)?, app.config.poll_timeout))
 }
 
-async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> {
+async fn poll(app: &App, request: &Request) -> Result<Vec<Event>, ApiError> {
     require_method(request, ROUTE.method)?;
     let identity = app.authenticate(request)?;
-    let _held = app
-        .held_polls
-        .hold(identity.user_id)
-        .ok_or(ApiError::TooManyPolls {
+    let _held = app.held_polls.hold(identity.user_id).ok_or_else(|| {
+        metrics::cap_hit(Cap::PollsPerUser);
+        ApiError::TooManyPolls {
             max: app.held_polls.max_per_user(),
-        })?;
+        }
+    })?;
     let device = device(request)?;
     let cursor = cursor(request)?;
     let budget = poll_budget(request, app.config.poll_timeout);
@@ -78,10 +86,7 @@ async fn poll(app: &App, request: &Request) -> Result<Response<Body>, ApiError> 
         waited_ms = started.elapsed().as_millis() as u64,
         "poll answered"
     );
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"events": events, "timestamp": now_seconds()}),
-    ))
+    Ok(events)
 }
 
 /// `?device=`, if given; a malformed one is refused rather than silently sharing the

@@ -17,6 +17,7 @@ use longpoll::{
     broker::Publish,
     config::ConfigError,
     http::{ApiError, json_response, require_method, respond},
+    metrics,
     publish::{PublishAuth, parse_publish_body},
     routes::Route,
 };
@@ -62,7 +63,10 @@ async fn publish(publisher: &Publisher, request: &Request) -> Result<Response<Bo
     require_method(request, ROUTE.method)?;
     publisher.auth.check(request)?;
     let batch = parse_publish_body(request.body().as_ref())?;
-    let receipts = publisher.broker.publish(&batch).await?;
+    let receipts = publisher.broker.publish(&batch).await.inspect_err(|_| {
+        metrics::events_refused(batch.len());
+    })?;
+    metrics::events_published(&receipts);
     info!(
         events = receipts.len(),
         routed = receipts.iter().filter(|receipt| receipt.routed).count(),

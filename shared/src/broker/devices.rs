@@ -61,6 +61,7 @@ impl Devices {
             let oldest = (0..devices.len())
                 .min_by_key(|index| devices[*index].1)
                 .expect("a full register is not empty");
+            crate::metrics::cap_hit(crate::metrics::Cap::DevicesPerUser);
             devices.remove(oldest).0
         });
         devices.push((device.clone(), now));

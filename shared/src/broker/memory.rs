@@ -320,9 +320,11 @@ impl Publish for MemoryBroker {
                     continue;
                 };
                 let timestamp = epoch_seconds(outgoing.published_at).trunc() as u64;
-                let event =
+                let mut event =
                     Event::from_message(&outgoing.body, Some(&outgoing.id), Some(timestamp))
                         .expect("an OutgoingEvent body is always an event");
+                // The publish time to the millisecond, as RabbitMQ carries it in a header.
+                event.timestamp = Some(epoch_seconds(outgoing.published_at));
                 let ttl = outgoing.event_type.ttl().min(QUEUE_MESSAGE_TTL);
                 if queue.messages.len() >= MAX_QUEUE_LENGTH {
                     queue.messages.pop_front(); // x-overflow: drop-head

@@ -62,6 +62,19 @@ pub enum BrokerError {
     },
 }
 
+impl BrokerError {
+    /// The failure's kind, as the metrics label it (`cause`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            BrokerError::Unreachable(_) => "unreachable",
+            BrokerError::Timeout(_) => "timeout",
+            BrokerError::Refused { .. } => "refused",
+            BrokerError::QueueUnavailable { .. } => "queue_unavailable",
+            BrokerError::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// One event for one audience.
 #[derive(Debug, Clone)]
 pub struct Publication {

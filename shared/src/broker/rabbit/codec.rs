@@ -15,11 +15,31 @@ pub(super) fn decode(queue: &str, delivery: &Delivery) -> Option<Event> {
     let properties = &delivery.properties;
     let message_id = properties.message_id().as_ref().map(|id| id.as_str());
     match Event::from_message(&delivery.data, message_id, *properties.timestamp()) {
-        Ok(event) => Some(event),
+        Ok(mut event) => {
+            if let Some(published_ms) = published_ms(properties.headers().as_ref()) {
+                event.timestamp = Some(published_ms as f64 / 1000.0);
+            }
+            Some(event)
+        }
         Err(error) => {
             warn!(queue, %error, bytes = delivery.data.len(), "dropped a message that is not an event");
             None
         }
+    }
+}
+
+/// The header that carries an event's publish time in epoch milliseconds: the name
+/// RabbitMQ's message timestamp plugin gives it, so a broker running that plugin gives
+/// other producers' events the same precision.
+pub(super) const PUBLISHED_MS_HEADER: &str = "timestamp_in_ms";
+
+/// [`PUBLISHED_MS_HEADER`] of a delivery, when it has one as a number.
+fn published_ms(headers: Option<&FieldTable>) -> Option<i64> {
+    match headers?.inner().get(PUBLISHED_MS_HEADER)? {
+        AMQPValue::LongLongInt(ms) => Some(*ms),
+        AMQPValue::LongInt(ms) => Some(i64::from(*ms)),
+        AMQPValue::Timestamp(ms) => i64::try_from(*ms).ok(),
+        _ => None,
     }
 }
 

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use lapin::{
     BasicProperties,
     options::{BasicPublishOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use tokio::time::Instant;
 
-use super::{RabbitBroker, runner::is_missing_queue, session::OwnLane};
+use super::{RabbitBroker, codec::PUBLISHED_MS_HEADER, runner::is_missing_queue, session::OwnLane};
 use crate::{
     broker::{BrokerError, Publication, Publish, Receipt},
     event::epoch_seconds,
@@ -184,10 +184,19 @@ impl RabbitBroker {
 }
 
 /// The contract's message properties: JSON, persistent, the event id, the publish
-/// time, and the event type's time to live.
+/// time, and the event type's time to live. The publish time also goes in milliseconds
+/// in [`PUBLISHED_MS_HEADER`]: AMQP's `timestamp` counts whole seconds, too coarse for
+/// the events' `timestamp` and the delivery latency metric.
 fn message_properties(publication: &Publication) -> BasicProperties {
     let event = &publication.event;
+    let mut headers = FieldTable::default();
+    let published_ms = (epoch_seconds(event.published_at) * 1000.0) as i64;
+    headers.insert(
+        PUBLISHED_MS_HEADER.into(),
+        AMQPValue::LongLongInt(published_ms),
+    );
     BasicProperties::default()
+        .with_headers(headers)
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_message_id(event.id.as_str().into())

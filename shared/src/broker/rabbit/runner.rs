@@ -12,7 +12,7 @@ use tokio::{
 use tracing::warn;
 
 use super::{RabbitBroker, session::Borrow};
-use crate::{broker::BrokerError, telemetry::Throttle};
+use crate::{broker::BrokerError, metrics, telemetry::Throttle};
 
 /// Most broker operations of one stage in flight at once per process. Enough to keep
 /// the broker busy; more only lengthens every answer until they all time out together.
@@ -34,16 +34,25 @@ impl RabbitBroker {
         F: Fn(L) -> Fut,
         Fut: Future<Output = lapin::Result<T>>,
     {
+        let started = Instant::now();
         let mut attempts_left = 2;
         loop {
             attempts_left -= 1;
-            let session = self.connector.session(deadline).await?;
+            let session = match self.connector.session(deadline).await {
+                Ok(session) => session,
+                Err(error) => {
+                    metrics::broker_failure(name, &error);
+                    return Err(error);
+                }
+            };
             // Wait for a turn before talking to the broker: a burst of polls queues here
             // instead of flooding it, where every answer would slow down together.
-            let _turn = timeout_at(deadline, self.turns.of(name).acquire())
-                .await
-                .map_err(|_| BrokerError::Timeout(name))?
-                .expect("the semaphore is never closed");
+            let Ok(turn) = timeout_at(deadline, self.turns.of(name).acquire()).await else {
+                let error = BrokerError::Timeout(name);
+                metrics::broker_failure(name, &error);
+                return Err(error);
+            };
+            let _turn = turn.expect("the semaphore is never closed");
             // One round trip's time, when this is the only operation on the connection:
             // no answer then means a dead socket (a frozen Lambda thawed), worth a retry
             // on a fresh connection. Under load a slow answer says nothing about the
@@ -61,7 +70,10 @@ impl RabbitBroker {
                 Ok(Err(error)) => failed(name, error),
                 Ok(Ok(lane)) => {
                     match timeout_at(step_deadline, operation(lane)).await {
-                        Ok(Ok(value)) => return Ok(value),
+                        Ok(Ok(value)) => {
+                            metrics::broker_operation(name, started.elapsed());
+                            return Ok(value);
+                        }
                         Ok(Err(error)) => failed(name, error),
                         Err(_) => {
                             // Abandoned midway. A late reply is harmless (a consume
@@ -86,6 +98,7 @@ impl RabbitBroker {
                 session.note_refusal();
             }
             if refused || attempts_left == 0 || Instant::now() >= deadline {
+                metrics::broker_failure(name, &error);
                 return Err(error);
             }
             static RETRYING: Throttle = Throttle::per_second();

@@ -301,6 +301,7 @@ impl Connector {
             })?;
         session.lanes.lock().await.push(first);
         info!(connection = %self.connection_name, "connected to the broker");
+        crate::metrics::broker_connected();
         *current = Some(session.clone());
         Ok(session)
     }
