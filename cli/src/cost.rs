@@ -11,7 +11,11 @@
 //! `polls_per_environment` polls on one connection, and instances are billed by the hour
 //! (plus Lambda's management fee and request charge). In containers one local-server
 //! process holds `polls_per_task` polls behind a load balancer. Every poll writes
-//! `log_bytes_per_poll` of logs. Each online user has three queues on the broker (their
+//! `log_bytes_per_poll` of logs. The functions' metrics are log lines too (embedded
+//! metric format): `metric_bytes_per_poll` a poll on standard Lambda, one flush of
+//! `metric_bytes_per_flush` a second per execution environment on managed instances,
+//! plus CloudWatch's monthly price of each custom metric; in containers Prometheus
+//! scrapes them for nothing. Each online user has three queues on the broker (their
 //! queue, its binding record, presence). Prices are list prices in us-east-1 at the time
 //! of writing; every one is a flag.
 
@@ -59,6 +63,21 @@ pub struct CostArgs {
     /// Log bytes per poll (about 1,300 at INFO; prod logs at WARN, nearly nothing).
     #[arg(long, default_value_t = 1300.0)]
     pub log_bytes_per_poll: f64,
+    /// Standard Lambda: metric bytes a poll writes to the log (embedded metric format;
+    /// longpoll::metrics::EMF_BYTES_PER_POLL, checked by poll-events' tests/metrics.rs).
+    #[arg(long, default_value_t = longpoll::metrics::EMF_BYTES_PER_POLL as f64)]
+    pub metric_bytes_per_poll: f64,
+    /// Managed instances: metric bytes one execution environment writes a second, at most
+    /// (longpoll::metrics::EMF_BYTES_PER_FLUSH).
+    #[arg(long, default_value_t = longpoll::metrics::EMF_BYTES_PER_FLUSH as f64)]
+    pub metric_bytes_per_flush: f64,
+    /// CloudWatch custom metrics the functions emit (each name with each set of label
+    /// values: outcomes, error codes, broker operations and causes, caps).
+    #[arg(long, default_value_t = 40)]
+    pub custom_metrics: u64,
+    /// CloudWatch: $ per custom metric a month (the first 10,000).
+    #[arg(long, default_value_t = 0.30)]
+    pub metric_month: f64,
     /// Standard Lambda: the poll function's memory, GB.
     #[arg(long, default_value_t = 0.125)]
     pub lambda_memory_gb: f64,
@@ -140,6 +159,8 @@ pub struct Estimate {
     /// API Gateway, or the load balancer.
     pub front: f64,
     pub logs: f64,
+    /// The functions' metrics: their log bytes and CloudWatch's price per metric.
+    pub metrics: f64,
     pub broker_size: String,
     pub broker: f64,
     pub connections: u64,
@@ -148,7 +169,7 @@ pub struct Estimate {
 
 impl Estimate {
     pub fn total(&self) -> f64 {
-        self.compute + self.requests + self.front + self.logs + self.broker
+        self.compute + self.requests + self.front + self.logs + self.metrics + self.broker
     }
 }
 
@@ -182,6 +203,9 @@ pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
         FrontDoor::Alb => load_balancer(args, users * polls_per_user_hour, true),
     };
     let lambda_requests = polls / 1e6 * args.lambda_per_million;
+    let metric_series = args.custom_metrics as f64 * args.metric_month;
+    let standard_metrics =
+        polls * args.metric_bytes_per_poll / 1e9 * args.log_per_gb + metric_series;
     let queues = args.users * QUEUES_PER_USER;
     let broker = |connections: u64| -> Result<(String, f64), String> {
         let (name, price) = broker_size(&args.broker_prices, connections, queues)?;
@@ -198,6 +222,7 @@ pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
         requests: lambda_requests,
         front: lambda_front,
         logs,
+        metrics: standard_metrics,
         broker_size: size,
         broker: broker_cost,
         connections: standard_connections,
@@ -212,12 +237,20 @@ pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
     let instance_hours = peak_instances as f64 * online_hours
         + args.min_instances as f64 * (month_hours - online_hours);
     let (size, broker_cost) = broker(environments)?;
+    // Every environment flushes once a second while it runs: the peak's while users are
+    // online, one per instance kept off-peak.
+    let environment_seconds = 3600.0
+        * (environments as f64 * online_hours
+            + args.min_instances as f64 * (month_hours - online_hours));
+    let managed_metrics =
+        environment_seconds * args.metric_bytes_per_flush / 1e9 * args.log_per_gb + metric_series;
     let managed = Estimate {
         name: "Lambda Managed Instances",
         compute: instance_hours * args.instance_hour * (1.0 + args.management_fee),
         requests: lambda_requests,
         front: lambda_front,
         logs,
+        metrics: managed_metrics,
         broker_size: size,
         broker: broker_cost,
         connections: environments,
@@ -238,6 +271,8 @@ pub fn estimate(args: &CostArgs) -> Result<[Estimate; 3], String> {
         requests: 0.0,
         front: load_balancer(args, users * polls_per_user_hour, false),
         logs,
+        // Prometheus scrapes the local server's /metrics: nothing to ingest or buy.
+        metrics: 0.0,
         broker_size: size,
         broker: broker_cost,
         connections: tasks,
@@ -317,6 +352,9 @@ pub fn report(args: &CostArgs) -> Result<String, String> {
     out += &row("Lambda requests", &|e| money(e.requests));
     out += &row("API Gateway, or load balancer", &|e| money(e.front));
     out += &row("logs", &|e| money(e.logs));
+    out += &row("metrics (CloudWatch; Prometheus in containers)", &|e| {
+        money(e.metrics)
+    });
     out += &row("broker (Amazon MQ, single instance)", &|e| {
         format!("{} {}", e.broker_size, money(e.broker))
     });

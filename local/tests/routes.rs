@@ -553,3 +553,57 @@ fn the_queue_type_follows_the_broker_deployment_mode() {
         "LessThanThreshold"
     );
 }
+
+/// The functions' metrics reach the operator: every function writes them to the stack's
+/// own namespace, the dashboard (valid JSON once CloudFormation substitutes it) shows
+/// held polls, delivery latency, answers, errors by code and broker failures from that
+/// namespace beside the broker's and Lambda's own, and the latency alarm reads it.
+#[test]
+fn the_dashboard_and_latency_alarm_read_the_functions_metrics() {
+    use longpoll::metrics::{
+        BROKER_FAILURES, DELIVERY_LATENCY, ERRORS, EVENTS_PUBLISHED, POLLS_ANSWERED, POLLS_HELD,
+    };
+    let template = template();
+    let environment = &template["Globals"]["Function"]["Environment"]["Variables"];
+    let namespace = &environment["METRICS_NAMESPACE"];
+
+    let alarm = &template["Resources"]["DeliveryLatencyAlarm"]["Properties"];
+    assert_eq!(&alarm["Namespace"], namespace);
+    assert_eq!(alarm["MetricName"], DELIVERY_LATENCY);
+    assert_eq!(alarm["ExtendedStatistic"], "p99");
+
+    let dashboard = &template["Resources"]["Dashboard"]["Properties"]["DashboardBody"];
+    let Value::Tagged(sub) = dashboard else {
+        panic!("the body is a !Sub");
+    };
+    let [body, variables] = sub.value.as_sequence().unwrap().as_slice() else {
+        panic!("!Sub [body, variables]");
+    };
+    assert_eq!(&variables["Namespace"], namespace);
+    // Every ${...} filled with a number, as CloudFormation fills it with names and values.
+    let mut filled = String::new();
+    let mut rest = body.as_str().unwrap();
+    while let Some(start) = rest.find("${") {
+        filled.push_str(&rest[..start]);
+        filled.push('1');
+        rest = &rest[start + rest[start..].find('}').unwrap() + 1..];
+    }
+    filled.push_str(rest);
+    let json: serde_json::Value = serde_json::from_str(&filled).expect("the body is JSON");
+    let widgets = json["widgets"].as_array().unwrap();
+    let text = body.as_str().unwrap();
+    for name in [
+        POLLS_HELD,
+        DELIVERY_LATENCY,
+        POLLS_ANSWERED,
+        ERRORS,
+        BROKER_FAILURES,
+        EVENTS_PUBLISHED,
+    ] {
+        assert!(text.contains(name), "the dashboard shows {name}");
+    }
+    for foreign in ["AWS/AmazonMQ", "ConcurrentExecutions", "RabbitMQMemUsed"] {
+        assert!(text.contains(foreign), "the dashboard shows {foreign}");
+    }
+    assert!(widgets.len() >= 8);
+}
