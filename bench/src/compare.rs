@@ -6,8 +6,7 @@
 //! shared and noisy: only figures taken side by side compare.
 //!
 //! Each HTTP load ramps its users up at 200 a second, lets them poll idle for 25 s, then
-//! publishes for the window (the floor's consumers are set up first and get no
-//! warm-up); the runs of a load are interleaved (Nchan, the floor, longpoll, cursor
+//! publishes for the window (the floor's consumers are set up, then wait as long); the runs of a load are interleaved (Nchan, the floor, longpoll, cursor
 //! mode, guide; then again), so a slow minute of the machine falls on every server
 //! alike.
 
@@ -27,6 +26,8 @@ use crate::{
 /// The servers a comparison runs against.
 pub struct Servers<'a> {
     pub longpoll: &'a Server,
+    /// The local server with no metrics recorder: what the metrics cost.
+    pub longpoll_without_metrics: &'a Server,
     pub guide: &'a Server,
     /// `None` where nginx with Nchan is not installed: the rows have no ratio.
     pub nchan: Option<&'a Nchan>,
@@ -102,6 +103,7 @@ impl LatencyRow {
 pub const NCHAN: &str = "Nchan (in memory, the yardstick)";
 pub const LONGPOLL: &str = "longpoll";
 pub const CURSOR: &str = "longpoll, cursor mode";
+pub const WITHOUT_METRICS: &str = "longpoll, metrics off";
 pub const GUIDE: &str = "guide's algorithm (basic_get every 0.3 s)";
 pub const FLOOR: &str = "the broker alone (AMQP consumers, no HTTP: the floor)";
 
@@ -112,6 +114,7 @@ pub async fn standalone(loads: &[(usize, u64)], only: &[String], runs: usize, se
         amqp_url,
         library,
         longpoll,
+        longpoll_without_metrics,
         guide,
     } = Contenders::start().await;
     let nchan = match Nchan::unavailable() {
@@ -123,6 +126,7 @@ pub async fn standalone(loads: &[(usize, u64)], only: &[String], runs: usize, se
     };
     let servers = Servers {
         longpoll: &longpoll,
+        longpoll_without_metrics: &longpoll_without_metrics,
         guide: &guide,
         nchan: nchan.as_ref(),
         library: library.clone(),
@@ -151,10 +155,11 @@ pub async fn standalone(loads: &[(usize, u64)], only: &[String], runs: usize, se
 }
 
 /// The short names of the contenders, for `--only`.
-pub const CONTENDERS: [(&str, &str); 5] = [
+pub const CONTENDERS: [(&str, &str); 6] = [
     ("nchan", NCHAN),
     ("floor", FLOOR),
     ("longpoll", LONGPOLL),
+    ("metrics-off", WITHOUT_METRICS),
     ("cursor", CURSOR),
     ("guide", GUIDE),
 ];
@@ -199,6 +204,12 @@ pub async fn run(
             LONGPOLL,
             server(&longpoll.url, PollMode::Guide),
             Some(longpoll.pid),
+        ));
+        let quiet = &servers.longpoll_without_metrics;
+        variants.push((
+            WITHOUT_METRICS,
+            server(&quiet.url, PollMode::Guide),
+            Some(quiet.pid),
         ));
         variants.push((
             CURSOR,
@@ -279,7 +290,48 @@ pub fn print(rows: &[LatencyRow]) {
         );
     }
     print_guide_ratios(rows);
+    print_share_above_the_floor(rows);
 }
+
+/// The server's own share, as the goal states it: longpoll's p50 at most
+/// [`GOAL_P50_ABOVE_FLOOR_MS`] above the floor's, its p99 within [`GOAL_P99_OVER_FLOOR`]
+/// of the floor's; and what recording metrics costs, beside the same server without.
+fn print_share_above_the_floor(rows: &[LatencyRow]) {
+    let find = |like: &LatencyRow, server| {
+        rows.iter()
+            .find(|row| (row.users, row.rate, row.server) == (like.users, like.rate, server))
+    };
+    for ours in rows.iter().filter(|row| row.server == LONGPOLL) {
+        if let Some(floor) = find(ours, FLOOR) {
+            let above = ours.p50 - floor.p50;
+            let over = ours.p99 / floor.p99;
+            let met = above <= GOAL_P50_ABOVE_FLOOR_MS && over <= GOAL_P99_OVER_FLOOR;
+            println!(
+                "\nN={}, R={}/s: longpoll's p50 is {above:.2} ms above the floor's (goal: at most {GOAL_P50_ABOVE_FLOOR_MS} ms), its p99 {over:.2}× the floor's (goal: at most {GOAL_P99_OVER_FLOOR}×): {}.",
+                ours.users,
+                ours.rate,
+                if met { "met" } else { "not met" }
+            );
+        }
+        if let Some(quiet) = find(ours, WITHOUT_METRICS) {
+            println!(
+                "\nN={}, R={}/s: with metrics recorded, longpoll's p50 is {} ms against {} ms without ({:+.0} %), its p99 {} ms against {} ms.",
+                ours.users,
+                ours.rate,
+                ms(ours.p50),
+                ms(quiet.p50),
+                (ours.p50 / quiet.p50 - 1.0) * 100.0,
+                ms(ours.p99),
+                ms(quiet.p99)
+            );
+        }
+    }
+}
+
+/// The goal for the server's own share of the latency (see
+/// [`print_share_above_the_floor`]).
+pub const GOAL_P50_ABOVE_FLOOR_MS: f64 = 0.2;
+pub const GOAL_P99_OVER_FLOOR: f64 = 1.1;
 
 /// How many times as long the guide's algorithm takes as the local server, per load.
 fn print_guide_ratios(rows: &[LatencyRow]) {

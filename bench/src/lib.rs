@@ -6,6 +6,8 @@
 //! - [`breakdown`]: where publish→response time goes, step by step, one event at a time.
 //! - [`compare`]: publish→response latency under load, every server side by side,
 //!   as ratios to Nchan.
+//! - [`curve`]: latency against the event rate and against users, drawn as SVG, and
+//!   each contender's capacity.
 //! - [`load`]: the load the latency benchmarks share: users holding polls while events
 //!   are published to random users, each event followed to the poll that returns it;
 //!   against a longpoll server, Nchan, or no server at all (AMQP consumers: the floor).
@@ -29,6 +31,7 @@ pub mod breakdown;
 pub mod cluster;
 pub mod cold_start;
 pub mod compare;
+pub mod curve;
 pub mod guide;
 pub mod held;
 pub mod herd;

@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Duration};
 use clap::{Parser, Subcommand, builder::PossibleValuesParser};
 use longpoll::{Config, RabbitBroker};
 use longpoll_bench::{
-    cluster, compare, guide::GuideBaseline, held, herd, latency, managed, results, soak, suite,
+    cluster, compare, curve, guide::GuideBaseline, held, herd, latency, managed, results, soak,
+    suite,
 };
 use longpoll_local::{BrokerKind, Functions, cors, serve};
 
@@ -33,11 +34,14 @@ enum Command {
         /// The loads as USERS:RATE, comma-separated (default: 200:100,2000:500).
         #[arg(long, value_delimiter = ',', value_parser = compare::parse_load)]
         loads: Vec<(usize, u64)>,
-        /// Only these contenders, comma-separated: nchan, floor, longpoll, cursor,
-        /// guide (default: all).
+        /// Only these contenders, comma-separated: nchan, floor, longpoll, metrics-off
+        /// (longpoll without its metrics recorder), cursor, guide (default: all).
         #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(compare::CONTENDERS.map(|(short, _)| short)))]
         only: Vec<String>,
     },
+    /// p50 and p99 against the event rate and against users for Nchan, the broker alone
+    /// and longpoll, drawn as SVG files, with each one's capacity.
+    Curve(curve::Options),
     /// Immediate return and publish-to-response latency through the handler, in-process.
     Latency {
         #[arg(default_value_t = 5)]
@@ -140,6 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             compare::standalone(&loads, &only, runs, seconds).await
         }
+        Command::Curve(options) => curve::run(options).await?,
         Command::Latency { runs, samples } => latency::run(runs, samples).await,
         Command::Held(options) => held::run(options).await,
         Command::Herd {

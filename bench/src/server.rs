@@ -15,11 +15,13 @@ use longpoll_testkit::watch::free_port;
 use tokio::time::Instant;
 
 /// What the suite and the comparison measure, on the broker at `AMQP_URL`: the library
-/// itself (which also publishes the loads' events), the local server and the guide's.
+/// itself (which also publishes the loads' events), the local server (with its metrics
+/// recorded and served, as it runs by default, and without) and the guide's.
 pub struct Contenders {
     pub amqp_url: String,
     pub library: Arc<dyn Broker>,
     pub longpoll: Server,
+    pub longpoll_without_metrics: Server,
     pub guide: Server,
 }
 
@@ -33,13 +35,18 @@ impl Contenders {
             "longpoll-bench",
         )));
         let env = [("AMQP_URL", amqp_url.as_str())];
-        let longpoll = Server::start(sibling("longpoll-local"), &[], &env).await;
+        let with_metrics = [("METRICS_ADDR", "127.0.0.1:0"), env[0]];
+        let longpoll = Server::start(sibling("longpoll-local"), &[], &with_metrics).await;
+        let without = [("METRICS_ADDR", "off"), env[0]];
+        let longpoll_without_metrics =
+            Server::start(sibling("longpoll-local"), &[], &without).await;
         let me = std::env::current_exe().expect("the running executable's path");
         let guide = Server::start(me, &["guide-server"], &env).await;
         Self {
             amqp_url,
             library,
             longpoll,
+            longpoll_without_metrics,
             guide,
         }
     }

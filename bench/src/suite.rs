@@ -48,6 +48,7 @@ pub async fn run(options: Options) {
         library,
         longpoll: ours,
         guide,
+        ..
     } = Contenders::start().await;
     describe_machine(&amqp_url);
     let env = [("AMQP_URL", amqp_url.as_str())];

@@ -33,8 +33,9 @@ struct Args {
     header_read_timeout_secs: u64,
     /// Where to serve `GET /metrics` (Prometheus text), apart from the API; `off` for
     /// nowhere. Keep it on loopback or a private interface: it is not authenticated.
-    #[arg(long, env = "METRICS_ADDR", default_value_t = MetricsAddr::On(metrics::DEFAULT_METRICS_ADDR))]
-    metrics_addr: MetricsAddr,
+    /// [default: 127.0.0.1:9464, skipped with a warning when taken]
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<MetricsAddr>,
 }
 
 /// `--metrics-addr`: an address, or `off`.
@@ -55,15 +56,6 @@ impl std::str::FromStr for MetricsAddr {
     }
 }
 
-impl std::fmt::Display for MetricsAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MetricsAddr::On(address) => address.fmt(f),
-            MetricsAddr::Off => f.write_str("off"),
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     longpoll::telemetry::init();
@@ -79,14 +71,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let metrics_url = match args.metrics_addr {
-        MetricsAddr::On(address) => {
-            let metrics_listener = tokio::net::TcpListener::bind(address).await?;
-            let url = format!("http://{}/metrics", metrics_listener.local_addr()?);
-            let handle = metrics::install().expect("the first recorder of the process");
-            tokio::spawn(metrics::serve(metrics_listener, handle));
-            Some(url)
-        }
-        MetricsAddr::Off => None,
+        Some(MetricsAddr::On(address)) => Some(serve_metrics(address).await?),
+        // The default port may be taken by a second server on the same machine: that one
+        // runs without metrics rather than not at all.
+        None => match serve_metrics(metrics::DEFAULT_METRICS_ADDR).await {
+            Ok(url) => Some(url),
+            Err(error) => {
+                tracing::warn!(%error, address = %metrics::DEFAULT_METRICS_ADDR, "metrics off: cannot listen");
+                None
+            }
+        },
+        Some(MetricsAddr::Off) => None,
     };
 
     print_banner(&functions, &base, metrics_url.as_deref(), using_dev_secret).await;
@@ -106,6 +101,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("stopped");
     Ok(())
+}
+
+/// Serves `/metrics` on `address`; its URL.
+async fn serve_metrics(address: SocketAddr) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let url = format!("http://{}/metrics", listener.local_addr()?);
+    let handle = metrics::install().expect("the first recorder of the process");
+    tokio::spawn(metrics::serve(listener, handle));
+    Ok(url)
 }
 
 async fn print_banner(

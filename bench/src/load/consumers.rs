@@ -80,12 +80,13 @@ pub(super) async fn run(options: &LoadOptions, amqp_url: &str) -> LoadReport {
             consume(consumer, ledger).await;
         }));
     }
-    // Every queue is bound once every set-up has finished.
+    // Every queue is bound once every set-up has finished; then the same idle time as
+    // the HTTP loads' warm-up, so the broker is in the same state when the window opens.
     let _ = set_ups
         .acquire_many(SET_UPS_AT_ONCE as u32)
         .await
         .expect("never closed");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(1) + options.warm_up).await;
 
     let report = publish_window(options, &ledger, base_user, |_| {}).await;
     for consumer in consumers {
