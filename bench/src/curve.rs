@@ -161,6 +161,9 @@ fn capacity(rows: &[LatencyRow], server: &str) -> String {
     }
 }
 
+/// A panel's quantile: its name and how a row gives it.
+type Quantile = (&'static str, fn(&LatencyRow) -> f64);
+
 /// Two panels, p50 and p99 (log scale), one line per contender of [`DRAWN`], `x` from
 /// each row; a dashed `threshold` on the p99 panel when given.
 fn draw(
@@ -181,8 +184,7 @@ fn draw(
     let latencies = rows.iter().flat_map(|row| [row.p50, row.p99]);
     let y_min = latencies.clone().fold(f64::INFINITY, f64::min).max(0.01) / 1.5;
     let y_max = latencies.fold(0.0, f64::max).max(threshold.unwrap_or(0.0)) * 1.5;
-    let pick: [(&str, fn(&LatencyRow) -> f64); 2] =
-        [("p50", |row| row.p50), ("p99", |row| row.p99)];
+    let pick: [Quantile; 2] = [("p50", |row| row.p50), ("p99", |row| row.p99)];
     for (panel, (quantile, value)) in panels.iter().zip(pick) {
         let mut chart = ChartBuilder::on(panel)
             .caption(format!("{quantile} publish → answer"), ("sans-serif", 18))
