@@ -12,6 +12,8 @@
 //!   are published to random users, each event followed to the poll that returns it;
 //!   against a longpoll server, Nchan, or no server at all (AMQP consumers: the floor).
 //! - [`held`]: that load against a running server, reporting capacity.
+//! - [`hold`]: what a longer hold costs: delivery, and the recovery from a lost answer,
+//!   with the browser client in Node behind a proxy that swallows an answer.
 //! - [`herd`]: a reconnect herd (N new users at once) and offline presence lookups
 //!   against a running server.
 //! - [`cluster`]: the cluster fire drill: a rolling restart and a crash under 2,000
@@ -35,6 +37,7 @@ pub mod curve;
 pub mod guide;
 pub mod held;
 pub mod herd;
+pub mod hold;
 pub mod latency;
 pub mod load;
 pub mod managed;

@@ -6,8 +6,8 @@ use std::{sync::Arc, time::Duration};
 use clap::{Parser, Subcommand, builder::PossibleValuesParser};
 use longpoll::{Config, RabbitBroker};
 use longpoll_bench::{
-    cluster, compare, curve, guide::GuideBaseline, held, herd, latency, managed, results, soak,
-    suite,
+    cluster, compare, curve, guide::GuideBaseline, held, herd, hold, latency, managed, results,
+    soak, suite,
 };
 use longpoll_local::{BrokerKind, Functions, cors, serve};
 
@@ -39,6 +39,9 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(compare::CONTENDERS.map(|(short, _)| short)))]
         only: Vec<String>,
     },
+    /// Delivery and the recovery from a lost answer at holds of 5.5 s and 25 s, with the
+    /// browser client (Node) behind a proxy, on AMQP_URL.
+    Hold(hold::Options),
     /// p50 and p99 against the event rate and against users for Nchan, the broker alone
     /// and longpoll, drawn as SVG files, with each one's capacity.
     Curve(curve::Options),
@@ -145,6 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             compare::standalone(&loads, &only, runs, seconds).await
         }
         Command::Curve(options) => curve::run(options).await?,
+        Command::Hold(options) => hold::run(options).await,
         Command::Latency { runs, samples } => latency::run(runs, samples).await,
         Command::Held(options) => held::run(options).await,
         Command::Herd {
