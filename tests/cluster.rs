@@ -36,6 +36,7 @@ fn load() -> Load {
         // The 503's `Retry-After`, shortened for the test.
         retry: Duration::from_millis(500),
         queue_type: QueueType::Quorum,
+        cursor: true,
     }
 }
 

@@ -43,7 +43,8 @@ pub struct Options {
     /// The single node to compare with (`rabbitmqctl -n`), at AMQP_URL.
     #[arg(long)]
     pub node: String,
-    /// The drills to run, of single, quorum, quorum-faults and classic-faults.
+    /// The drills to run, of single, quorum, quorum-faults, classic-faults and
+    /// quorum-guide-faults (the users in the guide's mode).
     #[arg(
         long,
         value_delimiter = ',',
@@ -56,6 +57,7 @@ pub struct Options {
 struct Row {
     broker: &'static str,
     queues: QueueType,
+    cursor: bool,
     faults: &'static str,
     report: Report,
     /// Broker memory (all nodes) the drill's users added, per user, in KiB.
@@ -63,13 +65,14 @@ struct Row {
 }
 
 pub async fn run(single_url: &str, options: &Options) {
-    let load = |queue_type| Load {
+    let load = |queue_type, cursor| Load {
         users: options.users,
         instances: options.instances,
         rate: options.rate,
         hold: Duration::from_millis(5500),
         retry: Duration::from_secs(2),
         queue_type,
+        cursor,
     };
     let steady = Duration::from_secs(options.steady);
     let mut rows = Vec::new();
@@ -80,7 +83,7 @@ pub async fn run(single_url: &str, options: &Options) {
         let (report, memory_per_user) = measured(
             &single,
             options.users,
-            drill::run(single_url, &load(QueueType::Classic), DRAIN, |_| {
+            drill::run(single_url, &load(QueueType::Classic, true), DRAIN, |_| {
                 sleep(steady)
             }),
         )
@@ -88,16 +91,18 @@ pub async fn run(single_url: &str, options: &Options) {
         rows.push(Row {
             broker: "single node",
             queues: QueueType::Classic,
+            cursor: true,
             faults: "none",
             report,
             memory_per_user,
         });
     }
 
-    for (case, queues, faults) in [
-        ("quorum", QueueType::Quorum, false),
-        ("quorum-faults", QueueType::Quorum, true),
-        ("classic-faults", QueueType::Classic, true),
+    for (case, queues, faults, cursor) in [
+        ("quorum", QueueType::Quorum, false, true),
+        ("quorum-faults", QueueType::Quorum, true, true),
+        ("classic-faults", QueueType::Classic, true, true),
+        ("quorum-guide-faults", QueueType::Quorum, true, false),
     ] {
         if !wanted(case) {
             continue;
@@ -109,18 +114,24 @@ pub async fn run(single_url: &str, options: &Options) {
         let (report, memory_per_user) = measured(
             &nodes,
             options.users,
-            drill::run(&cluster.url(), &load(queues), DRAIN, |marks| async move {
-                if faults {
-                    maintenance_window_and_crash(cluster, marks, down).await
-                } else {
-                    sleep(steady).await
-                }
-            }),
+            drill::run(
+                &cluster.url(),
+                &load(queues, cursor),
+                DRAIN,
+                |marks| async move {
+                    if faults {
+                        maintenance_window_and_crash(cluster, marks, down).await
+                    } else {
+                        sleep(steady).await
+                    }
+                },
+            ),
         )
         .await;
         rows.push(Row {
             broker: "3-node cluster",
             queues,
+            cursor,
             faults: if faults {
                 "rolling restart, kill -9"
             } else {
@@ -178,7 +189,7 @@ fn memory_kib(nodes: &[String]) -> f64 {
 
 fn print(options: &Options, rows: &[Row]) {
     println!(
-        "### A node restart under load\n\n{} users polling in cursor mode (5.5 s holds) over {} connections, as {} Lambda instances would; a backend publishing {} events/s to them in turn, retrying a failed publish with the same event after the 503's `Retry-After` (2 s). The cluster: three private nodes joined, HAProxy (TCP, round-robin, health-checked every second) in front, as Amazon MQ's `CLUSTER_MULTI_AZ` endpoint. Faults: each node stopped (`stop_app`) for {} s in turn, 10 s apart, then one node killed (`kill -9`) and back after {} s. Lost: answered `routed: true`, never received ({} s drain).\n",
+        "### A node restart under load\n\n{} users polling (in cursor mode unless the row says the guide's; 5.5 s holds) over {} connections, as {} Lambda instances would; a backend publishing {} events/s to them in turn, retrying a failed publish with the same event after the 503's `Retry-After` (2 s). The cluster: three private nodes joined, HAProxy (TCP, round-robin, health-checked every second) in front, as Amazon MQ's `CLUSTER_MULTI_AZ` endpoint. Faults: each node stopped (`stop_app`) for {} s in turn, 10 s apart, then one node killed (`kill -9`) and back after {} s. Lost: answered `routed: true`, never received ({} s drain).\n",
         options.users,
         options.instances,
         options.instances,
@@ -188,9 +199,9 @@ fn print(options: &Options, rows: &[Row]) {
         DRAIN.as_secs()
     );
     println!(
-        "| Broker | User queues | Faults | Routed | Lost | Wrongly `routed: false` | Publishes retried | Polls failed | Early empty answers | Longest gap | p50 ms | p99 ms | Recovery per fault | Queues declared in | Broker KiB/user |"
+        "| Broker | User queues | Mode | Faults | Routed | Lost | Redelivered | Wrongly `routed: false` | Publishes retried | Polls failed | Early empty answers | Longest gap | p50 ms | p99 ms | Recovery per fault | Queues declared in | Broker KiB/user |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     for row in rows {
         let report = &row.report;
         let recoveries: Vec<String> = report
@@ -199,12 +210,14 @@ fn print(options: &Options, rows: &[Row]) {
             .map(|recovery| format!("{:.1} s", recovery.as_secs_f64()))
             .collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} of {} | {} | {:.1} s | {} | {} | {} | {:.1} s | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} | {:.1} s | {} | {} | {} | {:.1} s | {:.1} |",
             row.broker,
             row.queues.as_str(),
+            if row.cursor { "cursor" } else { "guide" },
             row.faults,
             report.routed,
             report.missing,
+            report.redelivered,
             report.wrongly_unrouted,
             report.retried_publishes,
             report.failed_polls,
@@ -223,6 +236,6 @@ fn print(options: &Options, rows: &[Row]) {
         );
     }
     println!(
-        "\nEarly empty answers: polls answered with no event before half their hold, which a browser follows with another poll at once. Longest gap: the longest any user went between two answered polls. Recovery per fault: from the fault until every user whose polls failed after it had one answered again (the reconnect herd), for the three restarts and the crash in turn. Queues declared in: every user's first poll, 100 at a time, retried after 2 s on a 503 (before the drill's clock starts). Broker KiB/user: the nodes' memory after the drill less before it, over the users."
+        "\nRedelivered: events a user received again after having them (cursor mode hands back what the next poll has not acknowledged yet, and a client drops it by id; in the guide's mode an ack lost with its node's connection puts the event back in the queue). In the guide's mode a poll acknowledges what it returns before answering, so an answer lost on its way to the browser loses its events by design; the drill's users never lose an answer, so its Lost column counts what the broker itself lost. Early empty answers: polls answered with no event before half their hold, which a browser follows with another poll at once. Longest gap: the longest any user went between two answered polls. Recovery per fault: from the fault until every user whose polls failed after it had one answered again (the reconnect herd), for the three restarts and the crash in turn. Queues declared in: every user's first poll, 100 at a time, retried after 2 s on a 503 (before the drill's clock starts). Broker KiB/user: the nodes' memory after the drill less before it, over the users."
     );
 }

@@ -109,7 +109,14 @@ pub const FLOOR: &str = "the broker alone (AMQP consumers, no HTTP: the floor)";
 
 /// `longpoll-bench compare`: starts the servers (the local server and the guide's on the
 /// broker at `AMQP_URL`, and Nchan), runs the loads and prints the table.
-pub async fn standalone(loads: &[(usize, u64)], only: &[String], runs: usize, seconds: u64) {
+/// The step-by-step breakdown follows unless `breakdown` is false.
+pub async fn standalone(
+    loads: &[(usize, u64)],
+    only: &[String],
+    runs: usize,
+    seconds: u64,
+    breakdown: bool,
+) {
     let Contenders {
         amqp_url,
         library,
@@ -138,19 +145,21 @@ pub async fn standalone(loads: &[(usize, u64)], only: &[String], runs: usize, se
     } else {
         Vec::new()
     };
-    let breakdown = breakdown::measure(
-        &amqp_url,
-        library.clone(),
-        &longpoll.url,
-        nchan.as_ref().map(|nchan| nchan.url.as_str()),
-    )
-    .await;
     if !rows.is_empty() {
         println!("### Publish→response latency under load, beside Nchan\n");
         print(&rows);
     }
-    println!("\n### Where the time goes\n");
-    breakdown::print(&breakdown);
+    if breakdown {
+        let steps = breakdown::measure(
+            &amqp_url,
+            library.clone(),
+            &longpoll.url,
+            nchan.as_ref().map(|nchan| nchan.url.as_str()),
+        )
+        .await;
+        println!("\n### Where the time goes\n");
+        breakdown::print(&steps);
+    }
     library.close().await;
 }
 

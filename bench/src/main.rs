@@ -38,6 +38,9 @@ enum Command {
         /// (longpoll without its metrics recorder), cursor, guide (default: all).
         #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(compare::CONTENDERS.map(|(short, _)| short)))]
         only: Vec<String>,
+        /// Leave out the step-by-step breakdown that follows the table.
+        #[arg(long)]
+        no_breakdown: bool,
     },
     /// Delivery and the recovery from a lost answer at holds of 5.5 s and 25 s, with the
     /// browser client (Node) behind a proxy, on AMQP_URL.
@@ -139,13 +142,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             seconds,
             loads,
             only,
+            no_breakdown,
         } => {
             let loads = if loads.is_empty() {
                 compare::LOADS.to_vec()
             } else {
                 loads
             };
-            compare::standalone(&loads, &only, runs, seconds).await
+            compare::standalone(&loads, &only, runs, seconds, !no_breakdown).await
         }
         Command::Curve(options) => curve::run(options).await?,
         Command::Hold(options) => hold::run(options).await,

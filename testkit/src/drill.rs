@@ -1,11 +1,12 @@
-//! A fire drill for a broker: users polling in cursor mode as browsers do (through
+//! A fire drill for a broker: users polling as browsers do, in cursor mode or the guide's
+//! (through
 //! brokers standing for Lambda instances), a backend publishing at a steady rate and
 //! retrying failures with the same event, and whatever faults the caller brings; then
 //! what the users and the backend saw. The cluster test runs it small, and
 //! `scripts/bench cluster` at 2,000 users.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     future::Future,
     sync::{
         Arc, Mutex,
@@ -39,6 +40,9 @@ pub struct Load {
     /// How long a client waits after a failed poll or publish (the 503's `Retry-After`).
     pub retry: Duration,
     pub queue_type: QueueType,
+    /// Cursor mode (events stay queued until the next poll acknowledges them), or the
+    /// guide's (a poll acknowledges what it returns before answering).
+    pub cursor: bool,
 }
 
 /// What a drill saw.
@@ -50,6 +54,9 @@ pub struct Report {
     pub routed: usize,
     /// Of those, events no user received by the end of the drain.
     pub missing: usize,
+    /// Events received again after a user had them (cursor mode's redelivery of what
+    /// was not yet acknowledged; a client drops them by id).
+    pub redelivered: usize,
     /// Publishes answered `routed: false`, though every user was polling.
     pub wrongly_unrouted: usize,
     /// Publishes that failed (a 503) and were tried again with the same event.
@@ -116,6 +123,7 @@ struct Ledger {
     wrongly_unrouted: AtomicUsize,
     retried_publishes: AtomicUsize,
     early_empty_polls: AtomicUsize,
+    redelivered: AtomicUsize,
 }
 
 /// Faults are marked with [`Marks::mark`] as they happen; see [`Report::recoveries`].
@@ -279,6 +287,7 @@ fn report(ledger: &Ledger, missing: usize, marks: &[Instant], declared_in: Durat
         declared_in,
         routed: routed.len(),
         missing,
+        redelivered: ledger.redelivered.load(Ordering::Relaxed),
         wrongly_unrouted: ledger.wrongly_unrouted.load(Ordering::Relaxed),
         retried_publishes: ledger.retried_publishes.load(Ordering::Relaxed),
         early_empty_polls: ledger.early_empty_polls.load(Ordering::Relaxed),
@@ -303,7 +312,11 @@ async fn poll_while(
     while polling.load(Ordering::Relaxed) {
         let started = Instant::now();
         let budget = crate::PollBudget::until(started + load.hold);
-        let answer = broker.wait_with_cursor(&user, &cursor, &budget).await;
+        let answer = if load.cursor {
+            broker.wait_with_cursor(&user, &cursor, &budget).await
+        } else {
+            broker.wait_for_events(&user, &budget).await
+        };
         let now = Instant::now();
         let answered = answer.is_ok();
         if answer.as_ref().is_ok_and(Vec::is_empty) && now - started < load.hold / 2 {
@@ -323,7 +336,14 @@ async fn poll_while(
                 }
                 let mut received = ledger.received.lock().unwrap();
                 for event in events {
-                    received.entry(event.id).or_insert(now);
+                    match received.entry(event.id) {
+                        Entry::Occupied(_) => {
+                            ledger.redelivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Entry::Vacant(first) => {
+                            first.insert(now);
+                        }
+                    }
                 }
             }
             Err(_) => sleep(load.retry).await,
