@@ -196,6 +196,7 @@ fn draw(
             .configure_mesh()
             .x_desc(x_label)
             .y_desc("ms (log scale)")
+            .x_label_formatter(&|value| format!("{value:.0}"))
             .y_label_formatter(&|value| ms(*value))
             .draw()?;
         for (short, server, colour) in DRAWN {
