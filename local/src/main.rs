@@ -70,21 +70,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let functions = Arc::new(Functions::new(config, kind)?);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let metrics_url = match args.metrics_addr {
-        Some(MetricsAddr::On(address)) => Some(serve_metrics(address).await?),
+    // What the banner says of the metrics: their URL, or why there are none.
+    let metrics = match args.metrics_addr {
+        Some(MetricsAddr::On(address)) => serve_metrics(address).await?,
         // The default port may be taken by a second server on the same machine: that one
-        // runs without metrics rather than not at all.
-        None => match serve_metrics(metrics::DEFAULT_METRICS_ADDR).await {
-            Ok(url) => Some(url),
-            Err(error) => {
-                tracing::warn!(%error, address = %metrics::DEFAULT_METRICS_ADDR, "metrics off: cannot listen");
-                None
-            }
-        },
-        Some(MetricsAddr::Off) => None,
+        // runs without metrics rather than not at all, and its banner says so.
+        None => serve_metrics(metrics::DEFAULT_METRICS_ADDR)
+            .await
+            .unwrap_or_else(|error| {
+                format!(
+                    "off (cannot listen on {}: {error})",
+                    metrics::DEFAULT_METRICS_ADDR
+                )
+            }),
+        Some(MetricsAddr::Off) => "off".to_owned(),
     };
 
-    print_banner(&functions, &base, metrics_url.as_deref(), using_dev_secret).await;
+    print_banner(&functions, &base, &metrics, using_dev_secret).await;
     let limits = edge::Limits {
         max_connections: args.max_connections,
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
@@ -112,12 +114,7 @@ async fn serve_metrics(address: SocketAddr) -> std::io::Result<String> {
     Ok(url)
 }
 
-async fn print_banner(
-    functions: &Functions,
-    base: &str,
-    metrics_url: Option<&str>,
-    using_dev_secret: bool,
-) {
+async fn print_banner(functions: &Functions, base: &str, metrics: &str, using_dev_secret: bool) {
     let config = &functions.app.config;
     println!("longpoll-local listening on {base}");
     match functions.kind {
@@ -161,10 +158,7 @@ async fn print_banner(
         None => "(IAM)",
     };
     println!("publish key (X-Api-Key):          {key}");
-    println!(
-        "metrics (Prometheus text):        {}",
-        metrics_url.unwrap_or("off")
-    );
+    println!("metrics (Prometheus text):        {metrics}");
     println!();
     println!("See it work: open {base}/demo/ (Alice and Bob chatting through the browser client).");
     println!();
