@@ -49,8 +49,10 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(300);
 /// The Runtime API hanging up (the environment shutting down, `cargo lambda watch`
 /// stopping) ends the process quietly: it is how a function's life normally ends, not a
 /// failure. So does a Runtime API that served this process and then refuses the next
-/// connection (watch stopped between two invocations). Any other error (a wrong
-/// `AWS_LAMBDA_RUNTIME_API`, refused from the start) is returned.
+/// connection (watch stopped between two invocations), and, off Lambda, one that refuses
+/// the first: `cargo lambda watch` (1.9) may start an instance as it stops, which then
+/// finds nobody there. On Lambda, any other error (a wrong `AWS_LAMBDA_RUNTIME_API`,
+/// refused from the start) is returned.
 pub async fn serve<T, F, Fut>(state: T, handler: F) -> Result<(), Error>
 where
     T: Send + Sync + 'static,
@@ -121,8 +123,10 @@ where
     if let Some(metrics) = &metrics {
         metrics.flush();
     }
+    // Lambda itself sets INITIALIZATION_TYPE; an emulator that refuses has stopped.
+    let reached = in_flight.served() || std::env::var_os(INITIALIZATION_TYPE).is_none();
     match result {
-        Err(error) if hung_up(&*error, in_flight.served()) => {
+        Err(error) if hung_up(&*error, reached) => {
             debug!(%error, "the Lambda Runtime API hung up; exiting");
             Ok(())
         }
@@ -262,8 +266,8 @@ where
 }
 
 /// Whether `error` is the Runtime API going away: its connection ending mid-request, or,
-/// once it has `served` this process, refusing a new one (rather than, say, no Runtime
-/// API at that address at all).
+/// once it has `served` this process (or is known to have been there), refusing a new
+/// one (rather than, say, no Runtime API at that address at all).
 fn hung_up(error: &(dyn std::error::Error + 'static), served: bool) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
