@@ -195,10 +195,20 @@ impl RabbitBroker {
                 // the rest (and any delivery that came after we stopped reading) in queue
                 // order. Neither a cancel nor rejects, see [`PollLane::Own`].
                 let settle = async {
+                    let mut acked = false;
                     for (index, delivery) in taken.deliveries.iter().enumerate() {
                         if remove(index) {
                             delivery.acker.ack(BasicAckOptions::default()).await?;
+                            acked = true;
                         }
+                    }
+                    // Acks have no reply, and a close right behind them gave acked
+                    // events back to the queue now and then (a later poll saw them
+                    // again; tests/conformance.rs, 3.10). A `basic.qos` that changes
+                    // nothing is answered only after the acks before it.
+                    if acked {
+                        let unchanged = BasicQosOptions { global: false };
+                        lane.channel.basic_qos(PREFETCH, unchanged).await?;
                     }
                     lane.channel
                         .close(REPLY_SUCCESS, "poll answered".into())
