@@ -124,13 +124,7 @@ pub async fn standalone(
         longpoll_without_metrics,
         guide,
     } = Contenders::start().await;
-    let nchan = match Nchan::unavailable() {
-        None => Some(Nchan::start().await),
-        Some(why) => {
-            eprintln!("  no yardstick: {why}");
-            None
-        }
-    };
+    let nchan = yardstick().await;
     let servers = Servers {
         longpoll: &longpoll,
         longpoll_without_metrics: &longpoll_without_metrics,
@@ -161,6 +155,17 @@ pub async fn standalone(
         breakdown::print(&steps);
     }
     library.close().await;
+}
+
+/// Nchan, started, unless it is not installed (then said why, and the rows have no ratio).
+pub async fn yardstick() -> Option<Nchan> {
+    match Nchan::unavailable() {
+        None => Some(Nchan::start().await),
+        Some(why) => {
+            eprintln!("  no yardstick: {why}");
+            None
+        }
+    }
 }
 
 /// The short names of the contenders, for `--only`.

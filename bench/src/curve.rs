@@ -13,7 +13,6 @@ use plotters::prelude::*;
 
 use crate::{
     compare::{self, FLOOR, LONGPOLL, LatencyRow, NCHAN, Servers},
-    nchan::Nchan,
     server::Contenders,
     stats::ms,
 };
@@ -60,13 +59,7 @@ pub async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         longpoll_without_metrics,
         guide,
     } = Contenders::start().await;
-    let nchan = match Nchan::unavailable() {
-        None => Some(Nchan::start().await),
-        Some(why) => {
-            eprintln!("  no yardstick: {why}");
-            None
-        }
-    };
+    let nchan = compare::yardstick().await;
     let servers = Servers {
         longpoll: &longpoll,
         longpoll_without_metrics: &longpoll_without_metrics,
