@@ -5,7 +5,7 @@
 //! `longpoll-bench managed` (which prints the process's memory and CPU).
 
 use std::{
-    io::{BufRead, BufReader},
+    io::Read,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -99,12 +99,22 @@ impl Function {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut stdout = child.stdout.take().expect("piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
+        // The lines of one read go in together: a flush is one write of under a pipe's
+        // atomic size, so a reader of the list sees all of a flush or none of it.
         std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+            let mut pending = Vec::new();
+            let mut chunk = vec![0; 1 << 16];
+            while let Ok(read @ 1..) = stdout.read(&mut chunk) {
+                pending.extend_from_slice(&chunk[..read]);
+                let Some(end) = pending.iter().rposition(|&byte| byte == b'\n') else {
+                    continue;
+                };
+                let complete: Vec<u8> = pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&complete);
+                sink.lock().unwrap().extend(text.lines().map(str::to_owned));
             }
         });
         (Function(child), lines)

@@ -71,12 +71,18 @@ async fn each_invocation_writes_valid_emf_that_counts_what_it_answered() {
     );
     let poll = || Fixture::new("poll-events").authorization(&format!("Bearer {token}"));
 
-    // No token: 401, in the log before the next invocation starts.
+    // No token: 401, flushed by the invocation itself. Standard mode has no timer, so
+    // a document that shows up while no other invocation runs was written by this one;
+    // the wait is only for the pipe to carry it (it is written before the answer is
+    // posted, but read by another thread here).
     assert_eq!(
         status(&answer(&runtime, Fixture::new("poll-events")).await),
         401
     );
-    let after_error = metrics_when(&log, Duration::ZERO, |_| true).await;
+    let after_error = metrics_when(&log, Duration::from_secs(2), |data| {
+        emf::total(data, ERRORS, &[]) >= 1.0
+    })
+    .await;
     assert_eq!(
         emf::total(&after_error, ERRORS, &[("code", "missing_token")]),
         1.0,
@@ -130,6 +136,11 @@ async fn each_invocation_writes_valid_emf_that_counts_what_it_answered() {
     // A steady idle poll's metrics: what the cost model prices per poll.
     let before = log.lock().unwrap().len();
     assert!(events_of(&answer(&runtime, poll()).await).is_empty());
+    metrics_when(&log, Duration::from_secs(2), |data| {
+        emf::total(data, POLLS_ANSWERED, &[]) >= 4.0
+    })
+    .await;
+    // The flush came in whole (see `Function::start_logged`), and nothing else ran.
     let lines = log.lock().unwrap()[before..].to_vec();
     let bytes: usize = lines
         .iter()
