@@ -150,6 +150,9 @@ pub async fn serve(
             tokio::spawn(shed(stream));
             continue;
         };
+        // An answer is one small write that should leave at once: without this, Nagle's
+        // algorithm can hold it until the client acknowledges an earlier segment.
+        let _ = stream.set_nodelay(true);
         let service = router
             .clone()
             .map_request(|request: Request<Incoming>| request.map(Body::new));
