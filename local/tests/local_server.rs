@@ -286,3 +286,58 @@ async fn the_demo_page_is_served_with_working_tokens() {
         .unwrap();
     assert_eq!(online.status(), 200, "the demo token is accepted");
 }
+
+/// The handlers' threads: one by default, `WORKER_THREADS` of them when set, and a count
+/// out of range refused at start with the setting named.
+#[test]
+fn the_binary_runs_as_many_worker_threads_as_asked() {
+    let workers = |threads: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_longpoll-local"));
+        command
+            .args(["--addr", "127.0.0.1:0", "--metrics-addr", "off"])
+            .env_remove("AMQP_URL")
+            .env_remove("WORKER_THREADS")
+            .stdout(Stdio::piped());
+        if let Some(threads) = threads {
+            command.env("WORKER_THREADS", threads);
+        }
+        let mut server = command.spawn().unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        read_banner(&mut lines);
+        // tokio names its worker threads `tokio-rt-worker`; a thread names itself once
+        // it runs, and until then it bears the process's name, as the main thread does.
+        let names = || -> Vec<String> {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", server.id())).unwrap();
+            tasks
+                .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        };
+        let started = std::time::Instant::now();
+        let mut seen = names();
+        while seen.iter().filter(|name| *name == "longpoll-local").count() > 1
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+            seen = names();
+        }
+        let count = seen
+            .iter()
+            .filter(|name| *name == "tokio-rt-worker")
+            .count();
+        server.kill().unwrap();
+        server.wait().unwrap();
+        count
+    };
+    assert_eq!(workers(None), 1);
+    assert_eq!(workers(Some("3")), 3);
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_longpoll-local"))
+        .args(["--addr", "127.0.0.1:0"])
+        .env("WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("worker-threads"), "{message}");
+}
