@@ -164,25 +164,30 @@ impl Poller {
                     continue;
                 }
             };
-            let events = match &mut self.resume {
-                Resume::Nchan(resume) => {
-                    *resume = nchan::resume_after(&response);
-                    response.json::<Value>().await.map(|message| vec![message])
-                }
-                _ => response.json::<Value>().await.map(|body| match body {
-                    Value::Object(mut body) => match body.remove("events") {
-                        Some(Value::Array(events)) => events,
-                        _ => vec![],
-                    },
-                    _ => vec![],
-                }),
+            if let Resume::Nchan(resume) = &mut self.resume {
+                *resume = nchan::resume_after(&response);
+            }
+            // Timed when the body has arrived, before it is parsed, as the floor's
+            // consumers time a delivery before parsing it.
+            let body = response.bytes().await;
+            let now = Instant::now();
+            let events = body
+                .ok()
+                .and_then(|body| serde_json::from_slice(&body).ok());
+            let events = match (&self.resume, events) {
+                (Resume::Nchan(_), Some(message)) => Some(vec![message]),
+                (_, Some(Value::Object(mut body))) => match body.remove("events") {
+                    Some(Value::Array(events)) => Some(events),
+                    _ => Some(vec![]),
+                },
+                (_, Some(_)) => Some(vec![]),
+                (_, None) => None,
             };
-            let Ok(events) = events else {
+            let Some(events) = events else {
                 // A 200 whose body did not arrive whole: its events never reached us.
                 *counters.failures.lock().unwrap().entry(200).or_default() += 1;
                 continue;
             };
-            let now = Instant::now();
             counters.answered.fetch_add(1, Ordering::Relaxed);
             let mut ledger = ledger.lock().unwrap();
             for event in &events {
