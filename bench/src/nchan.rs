@@ -115,7 +115,19 @@ pub fn resume_after(response: &reqwest::Response) -> Option<(String, String)> {
 }
 
 impl Drop for Nchan {
+    /// Stops nginx with SIGTERM, which its master passes on to the worker: a SIGKILL
+    /// would leave the worker running, orphaned, its port still bound. SIGKILL only if
+    /// it has not exited within two seconds.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let started = std::time::Instant::now();
+        while matches!(self.child.try_wait(), Ok(None))
+            && started.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
