@@ -1,8 +1,10 @@
 //! A 3-node cluster behind HAProxy (`scripts/private-cluster`), as Amazon MQ's
-//! `CLUSTER_MULTI_AZ` broker runs, with `QUEUE_TYPE=quorum`: a rolling restart and a
-//! crash under load lose no event that was answered `routed: true`, no publish is told
-//! `routed: false` while its user polls, and no user goes without a successful poll for
-//! longer than a hold plus a reconnect. And the honest answers when a queue's node is
+//! `CLUSTER_MULTI_AZ` broker runs, with `QUEUE_TYPE=quorum`: a rolling restart, a crash
+//! and a hung node under load lose no event that was answered `routed: true`, no publish
+//! is told `routed: false` while its user polls, and no user goes without a successful
+//! poll for longer than a hold plus a reconnect; through the product as users run it
+//! (two local servers over HTTP, the functions on a Lambda Runtime API; half the users
+//! on `device=` queues) and through the library alone. And the honest answers when a queue's node is
 //! down: 503 (a `QueueUnavailable`) for a queue that exists, `routed: false` only for one
 //! that does not, and polls that carry on without a binding record or presence queue
 //! that is out of reach.
@@ -21,27 +23,31 @@ use longpoll_testkit::{
     JWT_SECRET, PollBudget,
     cluster::PrivateCluster,
     declare,
-    drill::{self, Load},
+    drill::{
+        self, Devices, Load, Marks, Product, functions::Functions, library::Library,
+        servers::Servers,
+    },
     message, subscriber, unique_name, unique_user,
 };
 use tokio::time::{Instant, sleep};
 
-/// The load: 40 users over 4 connections, 20 events a second.
+/// The load: 40 users, 20 events a second.
 fn load() -> Load {
     Load {
         users: 40,
-        instances: 4,
         rate: 20,
         hold: Duration::from_secs(2),
         // The 503's `Retry-After`, shortened for the test.
         retry: Duration::from_millis(500),
-        queue_type: QueueType::Quorum,
         cursor: true,
+        devices: Devices::None,
     }
 }
 
 /// How long a node stays down in the rolling restart and after the crash.
 const DOWN: Duration = Duration::from_secs(8);
+/// How long the hung node answers nothing before it stops.
+const HANG: Duration = Duration::from_secs(8);
 /// The longest a user may go without an answered poll: a hold plus a reconnect.
 const LONGEST_GAP: Duration = Duration::from_secs(10);
 
@@ -69,30 +75,41 @@ async fn fault(cluster: &Arc<PrivateCluster>, operation: fn(&PrivateCluster, u16
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_and_a_crash_lose_nothing_in_cursor_mode() {
-    if skipped() {
-        return;
+/// A maintenance window (each node in turn leaves for [`DOWN`] and comes back), a crash
+/// (`kill -9` of a node, back after [`DOWN`]), then a node that hangs for [`HANG`] (as
+/// one stuck in a long `stop_app` does) before it stops for [`DOWN`]; each fault marked
+/// as it starts.
+async fn rolling_restart_and_crash(cluster: Arc<PrivateCluster>, marks: Marks) {
+    sleep(Duration::from_secs(3)).await;
+    for node in 1..=3 {
+        marks.mark();
+        fault(&cluster, PrivateCluster::stop_node, node).await;
+        sleep(DOWN).await;
+        fault(&cluster, PrivateCluster::start_node, node).await;
+        sleep(Duration::from_secs(3)).await;
     }
-    let cluster = Arc::new(PrivateCluster::start());
-    let report = drill::run(&cluster.url(), &load(), Duration::from_secs(20), |marks| {
-        let cluster = cluster.clone();
-        async move {
-            // A maintenance window: each node in turn leaves and comes back. Then a crash.
-            sleep(Duration::from_secs(3)).await;
-            for node in 1..=3 {
-                marks.mark();
-                fault(&cluster, PrivateCluster::stop_node, node).await;
-                sleep(DOWN).await;
-                fault(&cluster, PrivateCluster::start_node, node).await;
-                sleep(Duration::from_secs(3)).await;
-            }
-            marks.mark();
-            fault(&cluster, PrivateCluster::kill_node, 2).await;
-            sleep(DOWN).await;
-            fault(&cluster, PrivateCluster::start_node, 2).await;
-            sleep(Duration::from_secs(3)).await;
-        }
+    marks.mark();
+    fault(&cluster, PrivateCluster::kill_node, 2).await;
+    sleep(DOWN).await;
+    fault(&cluster, PrivateCluster::start_node, 2).await;
+    sleep(Duration::from_secs(3)).await;
+    marks.mark();
+    fault(&cluster, PrivateCluster::freeze_node, 3).await;
+    sleep(HANG).await;
+    fault(&cluster, PrivateCluster::thaw_node, 3).await;
+    fault(&cluster, PrivateCluster::stop_node, 3).await;
+    sleep(DOWN).await;
+    fault(&cluster, PrivateCluster::start_node, 3).await;
+    sleep(Duration::from_secs(3)).await;
+}
+
+/// The drill of `load` through `product` on a fresh cluster under
+/// [`rolling_restart_and_crash`], held to the goals: nothing answered `routed: true`
+/// lost, nothing answered `routed: false` while its user polled, no user without an
+/// answered poll for longer than [`LONGEST_GAP`].
+async fn drill_through<P: Product>(cluster: Arc<PrivateCluster>, product: Arc<P>, load: Load) {
+    let report = drill::run(product, &load, Duration::from_secs(20), |marks| {
+        rolling_restart_and_crash(cluster.clone(), marks)
     })
     .await;
     eprintln!("{report}");
@@ -101,7 +118,10 @@ async fn a_rolling_restart_and_a_crash_lose_nothing_in_cursor_mode() {
         "the backend kept publishing: {}",
         report.routed
     );
-    assert_eq!(report.missing, 0, "events answered routed: true were lost");
+    assert_eq!(
+        report.missing, 0,
+        "events answered routed: true were lost:\n{report}"
+    );
     assert_eq!(
         report.wrongly_unrouted, 0,
         "publishes answered routed: false while their user polled"
@@ -111,6 +131,46 @@ async fn a_rolling_restart_and_a_crash_lose_nothing_in_cursor_mode() {
         "a user went {:?} without an answered poll",
         report.longest_gap
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_and_a_crash_lose_nothing_through_the_library() {
+    if skipped() {
+        return;
+    }
+    let cluster = Arc::new(PrivateCluster::start());
+    let library = Arc::new(Library::new(&cluster.url(), 4, QueueType::Quorum));
+    drill_through(cluster, library.clone(), load()).await;
+    library.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_and_a_crash_lose_nothing_through_two_local_servers() {
+    if skipped() {
+        return;
+    }
+    let cluster = Arc::new(PrivateCluster::start());
+    let load = Load {
+        devices: Devices::Half,
+        ..load()
+    };
+    let servers = Servers::start(2, &cluster.url(), QueueType::Quorum, load.hold, &[]).await;
+    drill_through(cluster, Arc::new(servers), load).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_and_a_crash_lose_nothing_through_the_functions() {
+    if skipped() {
+        return;
+    }
+    let cluster = Arc::new(PrivateCluster::start());
+    let load = Load {
+        devices: Devices::Half,
+        ..load()
+    };
+    let functions =
+        Functions::start(load.users, &cluster.url(), QueueType::Quorum, load.hold).await;
+    drill_through(cluster, Arc::new(functions), load).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

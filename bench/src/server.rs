@@ -3,16 +3,10 @@
 //! algorithm. Both are expected next to this executable (`cargo build --release -p
 //! longpoll-local -p longpoll-bench`; `scripts/bench` does).
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc};
 
 use longpoll::{Broker, Config, RabbitBroker};
-use longpoll_testkit::watch::free_port;
-use tokio::time::Instant;
+pub use longpoll_testkit::server::Server;
 
 /// What the suite and the comparison measure, on the broker at `AMQP_URL`: the library
 /// itself (which also publishes the loads' events), the local server (with its metrics
@@ -49,58 +43,6 @@ impl Contenders {
             longpoll_without_metrics,
             guide,
         }
-    }
-}
-
-/// A server process on a free loopback port; killed when dropped.
-pub struct Server {
-    child: Child,
-    pub url: String,
-    pub pid: u32,
-}
-
-impl Server {
-    /// Starts `program args` with `LISTEN_ADDR` set to a free port and waits until it
-    /// answers `poll/test/`.
-    pub async fn start(program: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = free_port();
-        let child = Command::new(&program)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", program.display()));
-        let server = Server {
-            pid: child.id(),
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        let probe = format!("{}/api/v1/communication/poll/test/", server.url);
-        while !client
-            .get(&probe)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{} did not start",
-                program.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

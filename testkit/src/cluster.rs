@@ -72,6 +72,22 @@ impl PrivateCluster {
         );
     }
 
+    /// Node `n` hangs (`SIGSTOP` of its VM): its sockets stay open and it answers
+    /// nothing, as a node stuck in a long `stop_app` does; [`Self::thaw_node`] ends it.
+    pub fn freeze_node(&self, n: u16) {
+        assert!(
+            self.script(&["freeze-node", &n.to_string()]),
+            "node {n} frozen"
+        );
+    }
+
+    pub fn thaw_node(&self, n: u16) {
+        assert!(
+            self.script(&["thaw-node", &n.to_string()]),
+            "node {n} thawed"
+        );
+    }
+
     /// Node `n` comes back, after a stop or a kill.
     pub fn start_node(&self, n: u16) {
         assert!(

@@ -8,7 +8,9 @@
 //! - [`rabbitmqctl`](mod@rabbitmqctl): the shared local node as an operator sees it;
 //!   [`private_node`]: a node of the test's own, for anything that stops or loads one;
 //!   [`cluster`]: three of them behind HAProxy, for a node's loss; [`drill`]: users and
-//!   a backend under faults, and what they saw.
+//!   a backend under faults, through the library, the local server or the functions,
+//!   and what they saw.
+//! - [`server`]: a workspace binary built and run as a process (the local server).
 //! - [`scenario`]: the end-to-end walk over real HTTP that the local server (on both
 //!   brokers) and `cargo lambda watch` ([`watch`]) must all pass.
 //! - [`runtime_api`], [`managed`], [`round_trips`]: a Lambda Runtime API on loopback
@@ -38,6 +40,7 @@ pub mod rabbitmqctl;
 pub mod round_trips;
 pub mod runtime_api;
 pub mod scenario;
+pub mod server;
 pub mod watch;
 
 /// Every test builds poll budgets: a hold that ends at a given instant.
