@@ -412,3 +412,45 @@ async fn presence_comes_back_after_a_disconnect_served_elsewhere() {
         "online again after a pause, though the polling process declared lately"
     );
 }
+
+/// Two polls of one queue held at once, the first one's answer lost on its way (a
+/// browser that gave up on it, a page reload keeping its tab's id and cursor), lose
+/// nothing: 20 users, half of them on `device=` queues, through the local server over
+/// HTTP and through the functions on a Lambda Runtime API, with quorum user queues (a
+/// cluster's kind), on a private node (they run on one node as well).
+mod overlapping_polls {
+    use longpoll::topology::QueueType;
+    use longpoll_testkit::{
+        drill::{self, Devices, functions::Functions, overlap, servers::Servers},
+        private_node::PrivateNode,
+    };
+
+    use super::*;
+
+    const HOLD: Duration = Duration::from_secs(2);
+    const USERS: usize = 20;
+
+    fn assert_none_lost(lost: &[String]) {
+        assert!(
+            lost.is_empty(),
+            "{} events answered routed: true never reached their client: {lost:?}",
+            lost.len()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lose_nothing_through_the_local_server() {
+        let node = PrivateNode::start(None);
+        let servers = Servers::start(1, &node.url(), QueueType::Quorum, HOLD, &[]).await;
+        let users = drill::users(USERS, Devices::Half);
+        assert_none_lost(&overlap::run(Arc::new(servers), users, HOLD).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lose_nothing_through_the_functions() {
+        let node = PrivateNode::start(None);
+        let functions = Functions::start(USERS, &node.url(), QueueType::Quorum, HOLD).await;
+        let users = drill::users(USERS, Devices::Half);
+        assert_none_lost(&overlap::run(Arc::new(functions), users, HOLD).await);
+    }
+}

@@ -60,6 +60,7 @@ impl From<QueueArgument> for AMQPValue {
         match value {
             QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
             QueueArgument::Number(number) => AMQPValue::LongLongInt(number as i64),
+            QueueArgument::Flag(flag) => AMQPValue::Boolean(flag),
         }
     }
 }

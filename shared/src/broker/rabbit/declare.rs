@@ -13,13 +13,15 @@ use lapin::{
     types::FieldTable,
 };
 use tokio::time::Instant;
+use tracing::warn;
 
 use super::{RabbitBroker, codec::field_table, publish::DEFAULT_EXCHANGE, session::OwnLane};
 use crate::{
     broker::BrokerError,
+    telemetry::Throttle,
     topology::{
-        QueueArgument, Subscriber, binding_record_arguments, binding_record_queue_name,
-        user_queue_arguments,
+        QueueArgument, SINGLE_ACTIVE_CONSUMER, Subscriber, binding_record_arguments,
+        binding_record_queue_name, user_queue_arguments,
     },
 };
 
@@ -121,7 +123,43 @@ impl RabbitBroker {
         keys: &[String],
         deadline: Instant,
     ) -> Result<(), BrokerError> {
-        match self.declare_with_record(queue, keys, deadline).await {
+        let arguments = user_queue_arguments(self.queue_type);
+        match self.declare_queue(queue, keys, &arguments, deadline).await {
+            // A quorum queue an earlier version declared, without single active consumer
+            // (RabbitMQ refuses a declare whose arguments differ, and arguments cannot
+            // change): used as it is until it expires, rather than failing every poll
+            // of its user, whose events it holds.
+            Err(BrokerError::Refused { reason, .. }) if reason.contains(SINGLE_ACTIVE_CONSUMER) => {
+                static LEGACY: Throttle = Throttle::per_second();
+                if let Some(suppressed) = LEGACY.allow() {
+                    warn!(
+                        queue,
+                        suppressed,
+                        "a user queue lacks x-single-active-consumer (declared by an earlier version); \
+                         used as it is until it expires"
+                    );
+                }
+                let mut legacy = arguments;
+                legacy.retain(|(name, _)| *name != SINGLE_ACTIVE_CONSUMER);
+                self.declare_queue(queue, keys, &legacy, deadline).await
+            }
+            other => other,
+        }
+    }
+
+    /// The queue with `arguments`, its bindings and, when its node is up, its binding
+    /// record.
+    async fn declare_queue(
+        &self,
+        queue: &str,
+        keys: &[String],
+        arguments: &[(&'static str, QueueArgument)],
+        deadline: Instant,
+    ) -> Result<(), BrokerError> {
+        match self
+            .declare_with_record(queue, keys, arguments, deadline)
+            .await
+        {
             // The binding record is a classic queue, on one node: not worth a Raft group
             // of its own. With its node down (a cluster's maintenance window), the user's
             // queue, quorum and so on the live nodes, is declared and bound without it.
@@ -130,7 +168,8 @@ impl RabbitBroker {
             // If it is the user's queue itself that is out of reach (classic queues on a
             // cluster), this fails the same way, and the poll answers 503.
             Err(BrokerError::QueueUnavailable { .. }) => {
-                self.declare_without_record(queue, keys, deadline).await
+                self.declare_without_record(queue, keys, arguments, deadline)
+                    .await
             }
             other => other,
         }
@@ -141,12 +180,12 @@ impl RabbitBroker {
         &self,
         queue: &str,
         keys: &[String],
+        arguments: &[(&'static str, QueueArgument)],
         deadline: Instant,
     ) -> Result<(), BrokerError> {
         let exchange = self.exchange();
-        let arguments = user_queue_arguments(self.queue_type);
         self.run_on("queue declare", deadline, |lane: OwnLane| {
-            let arguments = arguments.clone();
+            let arguments = arguments.to_vec();
             async move {
                 declare_and_bind(&lane.channel, queue, exchange, keys, arguments, true).await?;
                 lane.finished();
@@ -162,12 +201,12 @@ impl RabbitBroker {
         &self,
         queue: &str,
         keys: &[String],
+        arguments: &[(&'static str, QueueArgument)],
         deadline: Instant,
     ) -> Result<(), BrokerError> {
         let exchange = self.exchange();
-        let arguments = user_queue_arguments(self.queue_type);
         self.run_on("queue declare", deadline, |lane: OwnLane| {
-            let arguments = arguments.clone();
+            let arguments = arguments.to_vec();
             async move {
                 let channel = &lane.channel;
                 // Pipelined: only the last method waits, and its reply vouches for all the
