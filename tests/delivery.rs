@@ -427,7 +427,6 @@ mod overlapping_polls {
 
     use super::*;
 
-    const HOLD: Duration = Duration::from_secs(2);
     const USERS: usize = 20;
 
     fn assert_none_lost(lost: &[String]) {
@@ -438,19 +437,70 @@ mod overlapping_polls {
         );
     }
 
+    /// A quorum user queue an earlier version declared, without single active consumer
+    /// (RabbitMQ refuses a declare that changes a queue's arguments), is polled as it is:
+    /// its events are answered, not refused with a 503 until it expires.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quorum_queue_from_an_earlier_version_is_used_as_it_is() {
+        use lapin::{
+            Connection, ConnectionProperties,
+            options::QueueDeclareOptions,
+            types::{AMQPValue, FieldTable},
+        };
+        use longpoll::{
+            Config, RabbitBroker,
+            topology::{SINGLE_ACTIVE_CONSUMER, user_queue_arguments},
+        };
+
+        let node = PrivateNode::start(None);
+        let user = subscriber(unique_user(), None);
+        let mut earlier = FieldTable::default();
+        for (name, value) in user_queue_arguments(QueueType::Quorum) {
+            if name != SINGLE_ACTIVE_CONSUMER {
+                earlier.insert(name.into(), AMQPValue::from(value));
+            }
+        }
+        let connection = Connection::connect(&node.url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(user.queue_name().as_str().into(), durable, earlier)
+            .await
+            .expect("the queue as an earlier version declared it");
+
+        let config = Config {
+            queue_type: QueueType::Quorum,
+            ..Config::new(&node.url(), Some(JWT_SECRET), &unique_name("legacy"))
+        };
+        let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(&config));
+        declare(&*broker, &user).await;
+        let sent = publish(&*broker, Audience::User(user.user_id), &message(7)).await;
+        assert!(sent.routed, "the earlier queue is bound and takes events");
+        let events = cursor_poll(&*broker, &user, "", HOLD).await;
+        assert_eq!(ids(&events), [7]);
+        connection.close(200, "done".into()).await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lose_nothing_through_the_local_server() {
         let node = PrivateNode::start(None);
-        let servers = Servers::start(1, &node.url(), QueueType::Quorum, HOLD, &[]).await;
+        let hold = Duration::from_secs(2);
+        let servers = Servers::start(1, &node.url(), QueueType::Quorum, hold, &[]).await;
         let users = drill::users(USERS, Devices::Half);
-        assert_none_lost(&overlap::run(Arc::new(servers), users, HOLD).await);
+        assert_none_lost(&overlap::run(Arc::new(servers), users, hold).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lose_nothing_through_the_functions() {
         let node = PrivateNode::start(None);
-        let functions = Functions::start(USERS, &node.url(), QueueType::Quorum, HOLD).await;
+        let hold = Duration::from_secs(2);
+        let functions = Functions::start(USERS, &node.url(), QueueType::Quorum, hold).await;
         let users = drill::users(USERS, Devices::Half);
-        assert_none_lost(&overlap::run(Arc::new(functions), users, HOLD).await);
+        assert_none_lost(&overlap::run(Arc::new(functions), users, hold).await);
     }
 }
