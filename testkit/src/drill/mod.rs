@@ -178,6 +178,8 @@ pub struct Report {
     pub early_empty_polls: usize,
     /// The longest any user went between two answered polls.
     pub longest_gap: Duration,
+    /// That user's polls over the gap: what kept them waiting.
+    pub gap_trace: String,
     /// Publish (start) to first receipt, for each routed event received, sorted.
     pub latencies: Vec<Duration>,
     /// For each fault the caller marked: from the mark until every user whose polls
@@ -221,6 +223,9 @@ impl std::fmt::Display for Report {
         )?;
         for trace in &self.traces {
             write!(f, "\n{trace}")?;
+        }
+        if !self.gap_trace.is_empty() {
+            write!(f, "\n{}", self.gap_trace)?;
         }
         Ok(())
     }
@@ -407,16 +412,20 @@ fn report(
             .map(|record| record.ended)
             .collect()
     };
-    let longest_gap = polls
-        .values()
-        .flat_map(|records| {
+    // The longest any user went between two answered polls, and whose gap it was.
+    let (longest_gap, gap) = polls
+        .iter()
+        .flat_map(|(user, records)| {
             let answered = answered_at(records);
             answered
                 .windows(2)
-                .map(|pair| pair[1] - pair[0])
+                .map(|pair| (pair[1] - pair[0], (*user, pair[0], pair[1])))
                 .collect::<Vec<_>>()
         })
-        .max()
+        .max_by_key(|(gap, _)| *gap)
+        .map_or((Duration::ZERO, None), |(gap, at)| (gap, Some(at)));
+    let gap_trace = gap
+        .map(|(user, from, to)| gap_trace(&polls[&user], from, to))
         .unwrap_or_default();
     // A fault's window runs from its mark to the next one: a failure in it is this
     // fault's doing, and its recovery lasts until that user has an answer again.
@@ -462,10 +471,31 @@ fn report(
             .count(),
         answered_polls: all.iter().filter(|r| r.outcome.is_ok()).count(),
         longest_gap,
+        gap_trace,
         latencies,
         recoveries,
         traces,
     }
+}
+
+/// The polls of the user with the longest gap, from the answer that opened it to the one
+/// that closed it.
+fn gap_trace(records: &[PollRecord], from: Instant, to: Instant) -> String {
+    let mut text = format!("longest gap {:.1} s:", (to - from).as_secs_f64());
+    for record in records.iter().filter(|r| r.ended >= from && r.ended <= to) {
+        let outcome = match &record.outcome {
+            Ok(ids) => format!("{} events", ids.len()),
+            Err(failure) => format!("failed: {failure:?}"),
+        };
+        let _ = write!(
+            text,
+            "\n  poll +{:.3}s..+{:.3}s via {}: {outcome}",
+            record.started.saturating_duration_since(from).as_secs_f64(),
+            (record.ended - from).as_secs_f64(),
+            record.via,
+        );
+    }
+    text
 }
 
 /// A lost event's story: its publish attempts, then its user's polls from the first
