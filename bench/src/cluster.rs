@@ -372,7 +372,7 @@ fn print(options: &Options, rows: &[Row]) {
             },
             if case.cursor { "cursor" } else { "guide" },
             if case.faults {
-                "rolling restart, kill -9"
+                "rolling restart, kill -9, a hung node"
             } else {
                 "none"
             },
@@ -398,6 +398,6 @@ fn print(options: &Options, rows: &[Row]) {
         );
     }
     println!(
-        "\nRedelivered: events a user received again after having them (cursor mode hands back what the next poll has not acknowledged yet, and a client drops it by id; in the guide's mode an ack lost with its node's connection puts the event back in the queue). In the guide's mode a poll acknowledges what it returns before answering, so an answer lost on its way to the browser loses its events by design; the drill's users never lose an answer, so its Lost column counts what the broker itself lost. Early empty answers: polls answered with no event before half their hold, which a browser follows with another poll at once. Longest gap: the longest any user went between two answered polls. Recovery per fault: from the fault until every user whose polls failed before the next fault had one answered again (the reconnect herd), for the three restarts, the crash and the hung node in turn. Queues declared in: every user's first poll (which declares the queue, then holds), 100 at a time, retried after 2 s on a 503 (before the drill's clock starts). Broker KiB/user: the nodes' memory after the drill less before it, over the users."
+        "\nRedelivered: events a user received again after having them (cursor mode hands back what the next poll has not acknowledged yet, and a client drops it by id; in the guide's mode an ack lost with its node's connection puts the event back in the queue). In the guide's mode a poll acknowledges what it returns before answering, so an answer lost on its way to the browser loses its events by design; no answer was lost on its way in these runs (none unanswered), so its Lost column counts what the broker and the servers lost. Early empty answers: polls answered with no event before half their hold, which a browser follows with another poll at once. Longest gap: the longest any user went between two answered polls. Recovery per fault: from the fault until every user whose polls failed before the next fault had one answered again (the reconnect herd), for the three restarts, the crash and the hung node in turn. Queues declared in: every user's first poll (which declares the queue, then holds), 100 at a time, retried after 2 s on a 503 (before the drill's clock starts). Broker KiB/user: the nodes' memory after the drill less before it, over the users."
     );
 }
