@@ -20,9 +20,6 @@ pub const BROWSER_MARGIN: Duration = Duration::from_millis(4500);
 /// How long the backend waits for a publish's answer.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub const POLL_PATH: &str = "/api/v1/communication/poll/events/";
-pub const PUBLISH_PATH: &str = "/api/v1/communication/events/";
-
 /// Local servers, all on one broker.
 pub struct Servers {
     servers: Vec<Server>,
@@ -71,8 +68,9 @@ impl Product for Servers {
     ) -> Attempt<Vec<String>> {
         let index = user.index % self.servers.len();
         let url = format!(
-            "{}{POLL_PATH}?{}",
+            "{}{}?{}",
             self.servers[index].url,
+            poll_events::ROUTE.path,
             user.query(cursor)
         );
         let answer = self
@@ -92,7 +90,11 @@ impl Product for Servers {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len();
         let answer = self
             .client
-            .post(format!("{}{PUBLISH_PATH}", self.servers[index].url))
+            .post(format!(
+                "{}{}",
+                self.servers[index].url,
+                publish_event::ROUTE.path
+            ))
             .header("X-Api-Key", DEV_PUBLISH_KEY)
             .json(&publish_body(user, event))
             .timeout(PUBLISH_TIMEOUT)
