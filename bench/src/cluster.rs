@@ -55,7 +55,9 @@ pub struct Options {
     /// The single node to compare with (`rabbitmqctl -n`), at AMQP_URL.
     #[arg(long)]
     pub node: String,
-    /// The drills to run (see [`CASES`]).
+    /// The drills to run, of single, quorum, servers-faults, servers-devices-faults,
+    /// functions-faults, functions-devices-faults, library-faults,
+    /// library-devices-faults, classic-faults and quorum-guide-faults.
     #[arg(
         long,
         value_delimiter = ',',

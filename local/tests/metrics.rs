@@ -38,9 +38,9 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut api, mut metrics) = (None, None);
-        for line in lines {
+        for line in lines.by_ref() {
             let line = line.unwrap();
             let last = line.rsplit(' ').next().unwrap().to_owned();
             if line.starts_with("longpoll-local listening on") {
@@ -50,6 +50,9 @@ impl Server {
                 break;
             }
         }
+        // The rest of the banner (and the shutdown's line) still has to go somewhere: a
+        // closed pipe would fail the server's next print, and with it the server.
+        std::thread::spawn(move || lines.for_each(drop));
         Self {
             child,
             api: api.expect("the banner names the API's address"),

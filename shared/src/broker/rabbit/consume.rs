@@ -37,11 +37,13 @@ use crate::{
 };
 
 impl RabbitBroker {
-    /// Starts a consumer on `queue`, already declared.
+    /// Starts a consumer on `queue`, already declared, that may hold up to `prefetch`
+    /// unacknowledged deliveries.
     async fn start_consumer(
         &self,
         channel: &Channel,
         queue: &str,
+        prefetch: u16,
     ) -> lapin::Result<lapin::Consumer> {
         // The consume runs in a task of its own: if this poll stops waiting for
         // consume-ok (its set-up timed out under load), the task still gets the consumer
@@ -49,14 +51,23 @@ impl RabbitBroker {
         let (handover, handed) = oneshot::channel();
         let (channel, queue_name) = (channel.clone(), queue.to_owned());
         tokio::spawn(async move {
-            let consumer = channel
-                .basic_consume(
-                    queue_name.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await;
+            // A per-consumer prefetch other than the channel's: sent first, its reply
+            // awaited together with the consume's (one round trip, in order).
+            let qos = async {
+                if prefetch == PREFETCH {
+                    return Ok(());
+                }
+                let per_consumer = BasicQosOptions { global: false };
+                channel.basic_qos(prefetch, per_consumer).await
+            };
+            let consume = channel.basic_consume(
+                queue_name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            );
+            let (qos, consumer) = futures_lite::future::zip(qos, consume).await;
+            let consumer = qos.and(consumer);
             if let Err(Ok(unwanted)) = handover.send(consumer) {
                 release(channel, unwanted, Vec::new());
             }
@@ -70,6 +81,7 @@ impl RabbitBroker {
         &self,
         queue: &str,
         keys: &[String],
+        prefetch: u16,
         budget: &PollBudget,
     ) -> Result<(L, lapin::Consumer), BrokerError> {
         let deadline = budget.set_up_until();
@@ -81,7 +93,7 @@ impl RabbitBroker {
         }
         let consumer = self
             .run_on("poll set-up", deadline, |lane: L| async move {
-                let consumer = self.start_consumer(lane.channel(), queue).await?;
+                let consumer = self.start_consumer(lane.channel(), queue, prefetch).await?;
                 Ok((lane, consumer))
             })
             .await;
@@ -116,11 +128,19 @@ impl RabbitBroker {
         let (lane, mut consumer) = loop {
             let (lane, mut consumer) = match self.queue_type {
                 QueueType::Classic => {
-                    let (lane, consumer) = self.set_up_consumer(&queue, &keys, budget).await?;
+                    let (lane, consumer) = self
+                        .set_up_consumer(&queue, &keys, PREFETCH, budget)
+                        .await?;
                     (PollLane::Shared(lane), consumer)
                 }
+                // A quorum queue with a single active consumer refuses `basic.get`
+                // (RESOURCE_LOCKED): the consumer's prefetch covers the whole batch
+                // instead of topping it up afterwards.
                 QueueType::Quorum => {
-                    let (lane, consumer) = self.set_up_consumer(&queue, &keys, budget).await?;
+                    let prefetch = u16::try_from(limit).unwrap_or(u16::MAX);
+                    let (lane, consumer) = self
+                        .set_up_consumer(&queue, &keys, prefetch, budget)
+                        .await?;
                     (PollLane::Own(lane), consumer)
                 }
             };
@@ -382,7 +402,9 @@ async fn collect_rest(
             deliveries.push(delivery?);
         }
     }
-    if deliveries.len() >= usize::from(PREFETCH) {
+    // A quorum poll's consumer already took up to `limit` (and its queue would refuse a
+    // `basic.get`); a classic one stopped at the lanes' prefetch.
+    if matches!(lane, PollLane::Shared(_)) && deliveries.len() >= usize::from(PREFETCH) {
         while deliveries.len() < limit {
             match channel
                 .basic_get(queue.into(), BasicGetOptions::default())

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use lapin::message::Delivery;
 
 use self::subscriptions::{Attached, Subscriptions, Taken};
-use super::{RabbitBroker, codec::decode};
+use super::{RabbitBroker, codec::decode, session::PREFETCH};
 use crate::{
     broker::{Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt},
     budget::PollBudget,
@@ -79,7 +79,10 @@ impl LingeringBroker {
             if let Some(attached) = self.subscriptions.attach(&key) {
                 return Ok(attached);
             }
-            let (lane, consumer) = self.rabbit.set_up_consumer(&queue, &keys, budget).await?;
+            let (lane, consumer) = self
+                .rabbit
+                .set_up_consumer(&queue, &keys, PREFETCH, budget)
+                .await?;
             self.subscriptions.retire_others(&queue, &key);
             if let Some(attached) = self
                 .subscriptions
