@@ -44,6 +44,15 @@ fn load() -> Load {
     }
 }
 
+/// [`load`] with every other user on a `device=` queue: both kinds of queue in a drill
+/// through the product.
+fn half_on_devices() -> Load {
+    Load {
+        devices: Devices::Half,
+        ..load()
+    }
+}
+
 /// How long a node stays down in the rolling restart and after the crash.
 const DOWN: Duration = Duration::from_secs(8);
 /// The longest a user may go without an answered poll: a hold plus a reconnect.
@@ -140,10 +149,7 @@ async fn a_rolling_restart_and_a_crash_lose_nothing_through_two_local_servers() 
         return;
     }
     let cluster = Arc::new(PrivateCluster::start());
-    let load = Load {
-        devices: Devices::Half,
-        ..load()
-    };
+    let load = half_on_devices();
     let servers = Servers::start(2, &cluster.url(), QueueType::Quorum, load.hold, &[]).await;
     drill_through(cluster, Arc::new(servers), load).await;
 }
@@ -154,10 +160,7 @@ async fn a_rolling_restart_and_a_crash_lose_nothing_through_the_functions() {
         return;
     }
     let cluster = Arc::new(PrivateCluster::start());
-    let load = Load {
-        devices: Devices::Half,
-        ..load()
-    };
+    let load = half_on_devices();
     let functions =
         Functions::start(load.users, &cluster.url(), QueueType::Quorum, load.hold).await;
     drill_through(cluster, Arc::new(functions), load).await;

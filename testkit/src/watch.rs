@@ -168,14 +168,7 @@ pub fn router() -> BTreeMap<String, String> {
 fn build_functions() {
     let functions: BTreeSet<String> = router().into_values().collect();
     for function in functions {
-        let status = Command::new("cargo")
-            .args(["build", "--quiet", "--manifest-path", "Cargo.toml", "--bin"])
-            .arg(&function)
-            .current_dir(WORKSPACE)
-            .stdin(Stdio::null())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build --bin {function} failed");
+        crate::server::built(&function);
     }
 }
 
