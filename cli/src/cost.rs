@@ -64,12 +64,12 @@ pub struct CostArgs {
     #[arg(long, default_value_t = 1300.0)]
     pub log_bytes_per_poll: f64,
     /// Standard Lambda: metric bytes a poll writes to the log (embedded metric format;
-    /// longpoll::metrics::EMF_BYTES_PER_POLL, checked by poll-events' tests/metrics.rs).
-    #[arg(long, default_value_t = longpoll::metrics::EMF_BYTES_PER_POLL as f64)]
+    /// longpoll::lambda::emf::EMF_BYTES_PER_POLL, checked by poll-events' tests/metrics.rs).
+    #[arg(long, default_value_t = longpoll::lambda::emf::EMF_BYTES_PER_POLL as f64)]
     pub metric_bytes_per_poll: f64,
     /// Managed instances: metric bytes one execution environment writes a second, at most
-    /// (longpoll::metrics::EMF_BYTES_PER_FLUSH).
-    #[arg(long, default_value_t = longpoll::metrics::EMF_BYTES_PER_FLUSH as f64)]
+    /// (longpoll::lambda::emf::EMF_BYTES_PER_FLUSH).
+    #[arg(long, default_value_t = longpoll::lambda::emf::EMF_BYTES_PER_FLUSH as f64)]
     pub metric_bytes_per_flush: f64,
     /// CloudWatch custom metrics the functions emit (each name with each set of label
     /// values: outcomes, error codes, broker operations and causes, caps).

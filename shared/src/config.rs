@@ -3,21 +3,16 @@
 
 use std::{env, fmt, time::Duration};
 
-use crate::topology::QueueType;
+use crate::{secrets::SecretError, topology::QueueType};
 
-pub use crate::{broker::DEFAULT_MAX_DEVICES_PER_USER, held::DEFAULT_MAX_POLLS_PER_USER};
+pub use crate::held::DEFAULT_MAX_POLLS_PER_USER;
 
 /// Default broker: the local RabbitMQ with its stock credentials.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default cap on one user's device queues (`MAX_DEVICES_PER_USER`).
+pub const DEFAULT_MAX_DEVICES_PER_USER: usize = 10;
 /// Default topic exchange every event is published to.
 pub const DEFAULT_EXCHANGE: &str = "longpoll.events";
-/// The variables a secret in AWS Secrets Manager may stand in for, each with the variable
-/// naming its ARN: read by `secrets`, refused with a message by a build without it.
-pub(crate) const SECRET_BACKED: [(&str, &str); 3] = [
-    ("AMQP_URL", "AMQP_SECRET_ARN"),
-    ("JWT_SECRET", "JWT_SECRET_ARN"),
-    ("PUBLISH_API_KEY", "PUBLISH_API_KEY_SECRET_ARN"),
-];
 /// How long a poll is held open when no event arrives (the guide's 5.5 s).
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_millis(5_500);
 /// How long a user counts as online after their last poll (the guide's 5 minutes).
@@ -42,6 +37,13 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("{var} is invalid: {reason}")]
     Invalid { var: &'static str, reason: String },
+}
+
+/// A secret that could not be read is its `_ARN` setting being invalid.
+impl From<SecretError> for ConfigError {
+    fn from(SecretError { var, reason }: SecretError) -> Self {
+        ConfigError::Invalid { var, reason }
+    }
 }
 
 /// Everything a function needs to know about its surroundings.
@@ -75,7 +77,7 @@ pub struct Config {
     /// Most polls one user may hold at once in this process (`MAX_POLLS_PER_USER`).
     pub max_polls_per_user: usize,
     /// Most device queues one user keeps (`MAX_DEVICES_PER_USER`); see
-    /// [`crate::broker::DEFAULT_MAX_DEVICES_PER_USER`].
+    /// [`DEFAULT_MAX_DEVICES_PER_USER`].
     pub max_devices_per_user: usize,
     /// What kind of queue holds each user's events (`QUEUE_TYPE`: `classic`, the
     /// default, for a single node; `quorum` for a cluster).
@@ -98,26 +100,7 @@ impl Config {
     /// set is an error that says so). Call once per cold start.
     pub async fn load(function: &str) -> Result<Self, ConfigError> {
         let environment = |name: &str| env::var(name).ok();
-        #[cfg(feature = "secrets-manager")]
-        let from_secrets =
-            crate::secrets::fetch(&environment)
-                .await
-                .map_err(|error| ConfigError::Invalid {
-                    var: error.var,
-                    reason: error.reason,
-                })?;
-        #[cfg(not(feature = "secrets-manager"))]
-        let from_secrets = {
-            for (_, var) in SECRET_BACKED {
-                if environment(var).is_some_and(|arn| !arn.trim().is_empty()) {
-                    return Err(ConfigError::Invalid {
-                        var,
-                        reason: "this build has no Secrets Manager support (cargo feature `secrets-manager`)".to_owned(),
-                    });
-                }
-            }
-            std::collections::HashMap::<&str, String>::new()
-        };
+        let from_secrets = crate::secrets::fetch(&environment).await?;
         Self::from_lookup(function, |name| {
             from_secrets
                 .get(name)

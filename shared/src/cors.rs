@@ -5,7 +5,7 @@
 use lambda_http::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::http::POLL_HOLD_HEADER;
+use crate::routes::POLL_HOLD_HEADER;
 
 /// The origins allowed to call, comma-separated (`*` for any); unset or empty, the
 /// functions add no CORS headers.

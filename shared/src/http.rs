@@ -12,18 +12,13 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::{
-    broker::BrokerError, budget::PollBudget, metrics, telemetry::Throttle, token::AuthError,
+    broker::{BrokerError, REFUSED_RETRY_AFTER_SECS, RETRY_AFTER_SECS},
+    budget::PollBudget,
+    metrics,
+    routes::POLL_HOLD_HEADER,
+    telemetry::Throttle,
+    token::AuthError,
 };
-
-/// Seconds a client should wait before retrying when the broker is unavailable.
-pub const RETRY_AFTER_SECS: u64 = 2;
-/// Seconds a client should wait after the broker refused its request: a limit that was
-/// reached is not lifted in two seconds.
-pub const REFUSED_RETRY_AFTER_SECS: u64 = 30;
-/// Every answer of the poll route names the hold it is served with, in milliseconds, so
-/// that a client times a poll out from the deployment's hold (`POLL_TIMEOUT_MS`), not
-/// from a constant of its own.
-pub const POLL_HOLD_HEADER: &str = "x-poll-hold-ms";
 
 /// Every way a request can fail, each with its status. Handlers return it and
 /// [`ApiError::into_response`] answers it; `Err` from a handler is kept for the truly

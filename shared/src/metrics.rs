@@ -1,26 +1,19 @@
 //! What the service measures, under one set of names whichever way the figures leave
 //! the process: the local server renders them as Prometheus text at `/metrics`
 //! (`longpoll-local`), the functions write them to CloudWatch in embedded metric format
-//! ([`Emf`]): a JSON log line per flush that CloudWatch Logs turns into metrics, with no
-//! API call on the hot path.
+//! ([`crate::lambda::emf`]): a JSON log line per flush that CloudWatch Logs turns into
+//! metrics, with no API call on the hot path.
 //!
-//! Everything records through the `metrics` facade. Until an exporter is installed (unit
+//! This module is a foundation: it imports nothing from the crate, and its record
+//! functions take plain values (a count, a cause, publish times), so every layer above
+//! may record. Everything records through the `metrics` facade. Until an exporter is installed (unit
 //! tests, `cargo lambda watch`), a record is a no-op: a load and a branch.
 //! `docs/operations.md` lists the metrics and what to watch on each.
 
-use std::{
-    io::Write,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
-};
-use metrics_cloudwatch_embedded::Collector;
-
-use crate::{
-    broker::{BrokerError, Receipt},
-    event::{Event, epoch_seconds},
 };
 
 /// Polls held now (gauge).
@@ -39,7 +32,7 @@ pub const EVENTS_PUBLISHED: &str = "longpoll_events_published_total";
 pub const ERRORS: &str = "longpoll_errors_total";
 /// How long a broker operation took when it succeeded, by `operation`.
 pub const BROKER_OPERATION_LATENCY: &str = "longpoll_broker_operation_seconds";
-/// Broker operations that failed, by `operation` and `cause` ([`BrokerError::cause`]).
+/// Broker operations that failed, by `operation` and `cause` (`BrokerError::cause`).
 pub const BROKER_FAILURES: &str = "longpoll_broker_failures_total";
 /// Broker connections opened: one per process, then one per reconnect.
 pub const BROKER_CONNECTS: &str = "longpoll_broker_connects_total";
@@ -145,30 +138,38 @@ pub fn poll_released() {
     gauge!(POLLS_HELD).decrement(1.0);
 }
 
-/// A poll answered with `events` (or with an error), and each event's delivery latency.
-pub fn poll_answered(events: Result<&[Event], ()>) {
-    let outcome = match events {
-        Ok([]) => PollOutcome::Empty,
-        Ok(_) => PollOutcome::Events,
-        Err(()) => PollOutcome::Error,
+/// A poll answered with events, given by their publish times (epoch seconds; `None` for
+/// an event without one), and each event's delivery latency.
+pub fn poll_answered(published: impl ExactSizeIterator<Item = Option<f64>>) {
+    let outcome = if published.len() == 0 {
+        PollOutcome::Empty
+    } else {
+        PollOutcome::Events
     };
     counter!(POLLS_ANSWERED, "outcome" => outcome.label()).increment(1);
-    let Ok(events) = events else { return };
-    counter!(EVENTS_DELIVERED).increment(events.len() as u64);
-    let now = epoch_seconds(SystemTime::now());
+    counter!(EVENTS_DELIVERED).increment(published.len() as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     let latency = histogram!(DELIVERY_LATENCY);
     // An event without a publish time (a producer that set none) has no latency; a
     // clock that ran ahead of ours counts as zero.
-    for published in events.iter().filter_map(|event| event.timestamp) {
+    for published in published.flatten() {
         latency.record((now - published).max(0.0));
     }
 }
 
-/// What the publish endpoint did with a batch: each event routed or not.
-pub fn events_published(receipts: &[Receipt]) {
-    let routed = receipts.iter().filter(|receipt| receipt.routed).count() as u64;
-    counter!(EVENTS_PUBLISHED, "result" => "routed").increment(routed);
-    counter!(EVENTS_PUBLISHED, "result" => "unrouted").increment(receipts.len() as u64 - routed);
+/// A poll answered with an error.
+pub fn poll_failed() {
+    counter!(POLLS_ANSWERED, "outcome" => PollOutcome::Error.label()).increment(1);
+}
+
+/// What the publish endpoint did with a batch: `routed` events some inbox took,
+/// `unrouted` ones nobody's did.
+pub fn events_published(routed: usize, unrouted: usize) {
+    counter!(EVENTS_PUBLISHED, "result" => "routed").increment(routed as u64);
+    counter!(EVENTS_PUBLISHED, "result" => "unrouted").increment(unrouted as u64);
 }
 
 /// A batch of `events` the broker could not take (answered 503).
@@ -186,9 +187,9 @@ pub fn broker_operation(operation: &'static str, elapsed: Duration) {
     histogram!(BROKER_OPERATION_LATENCY, "operation" => operation).record(elapsed.as_secs_f64());
 }
 
-/// A broker operation that failed with `error`.
-pub fn broker_failure(operation: &'static str, error: &BrokerError) {
-    counter!(BROKER_FAILURES, "operation" => operation, "cause" => error.cause()).increment(1);
+/// A broker operation that failed, and why (`BrokerError::cause`).
+pub fn broker_failure(operation: &'static str, cause: &'static str) {
+    counter!(BROKER_FAILURES, "operation" => operation, "cause" => cause).increment(1);
 }
 
 /// A broker connection opened.
@@ -199,68 +200,4 @@ pub fn broker_connected() {
 /// A request turned away by `cap`.
 pub fn cap_hit(cap: Cap) {
     counter!(CAPS_HIT, "cap" => cap.label()).increment(1);
-}
-
-/// The CloudWatch namespace unless `METRICS_NAMESPACE` names one (the template gives
-/// each stack its own).
-pub const DEFAULT_NAMESPACE: &str = "Longpoll";
-
-/// The functions' exporter: the metrics as CloudWatch embedded metric format documents
-/// on stdout, which Lambda sends to CloudWatch Logs. One document per set of labels per
-/// flush; a flush leaves out counters that did not move and histograms with no value.
-///
-/// A histogram keeps at most 100 values between flushes (the format's limit per
-/// document); past that, values are dropped until the next flush, so on Managed Instances
-/// (flushed every [`MANAGED_FLUSH_INTERVAL`]) percentiles come from the first 100 values
-/// of each second. Counters stay exact.
-pub struct Emf(&'static Collector);
-
-/// The most bytes of metrics one steady poll writes on standard Lambda (its answer, the
-/// held-polls gauge, the consume's round trip; ~740 bytes measured), which
-/// `longpoll cost` prices as log ingestion. poll-events' `tests/metrics.rs` checks it.
-pub const EMF_BYTES_PER_POLL: usize = 800;
-
-/// What a process serving many invocations at once writes per flush, at most, under
-/// load: every document of a busy second (answers by outcome, deliveries and their
-/// latency, each broker operation, the gauge), about 2 KB. `longpoll cost` prices one
-/// flush per second per instance.
-pub const EMF_BYTES_PER_FLUSH: usize = 2_000;
-
-/// How often a process serving many invocations at once (Managed Instances) flushes:
-/// often enough that a second's values fit the 100 a histogram keeps, seldom enough
-/// that an idle instance writes one small line a second.
-pub const MANAGED_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-
-impl Emf {
-    /// Installs the exporter as the process's recorder, when on Lambda (which sets
-    /// [`crate::lambda::INITIALIZATION_TYPE`]; emulators such as `cargo lambda watch` do
-    /// not) or asked with `METRICS=emf`; `METRICS=off` keeps metrics off.
-    pub fn install() -> Option<Emf> {
-        let wanted = match std::env::var("METRICS").as_deref() {
-            Ok("emf") => true,
-            Ok("off") => false,
-            _ => std::env::var_os(crate::lambda::INITIALIZATION_TYPE).is_some(),
-        };
-        if !wanted {
-            return None;
-        }
-        let namespace =
-            std::env::var("METRICS_NAMESPACE").unwrap_or_else(|_| DEFAULT_NAMESPACE.to_owned());
-        let collector = metrics_cloudwatch_embedded::Builder::new()
-            .cloudwatch_namespace(namespace)
-            .init()
-            .inspect_err(|error| tracing::warn!(%error, "metrics off: no recorder installed"))
-            .ok()?;
-        describe();
-        Some(Emf(collector))
-    }
-
-    /// Writes what was recorded since the last flush to stdout, in one write so that no
-    /// log line lands inside a document.
-    pub fn flush(&self) {
-        let mut documents = Vec::new();
-        if self.0.flush(&mut documents).is_ok() && !documents.is_empty() {
-            let _ = std::io::stdout().lock().write_all(&documents);
-        }
-    }
 }

@@ -9,6 +9,11 @@
 
 use lambda_http::http::Method;
 
+/// Every answer of the poll route names the hold it is served with, in milliseconds, so
+/// that a client times a poll out from the deployment's hold (`POLL_TIMEOUT_MS`), not
+/// from a constant of its own.
+pub const POLL_HOLD_HEADER: &str = "x-poll-hold-ms";
+
 /// One endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {

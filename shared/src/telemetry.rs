@@ -19,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 /// crate as the failure of an operation, logged (throttled) there.
 ///
 /// Nor from metrics_cloudwatch_embedded: it logs an error for every histogram value past
-/// the 100 a flush keeps (see [`crate::metrics::Emf`]), thousands a second under load.
+/// the 100 a flush keeps (see [`crate::lambda::emf::Emf`]), thousands a second under load.
 const DEFAULT_FILTER: &str = "info,lapin=off,metrics_cloudwatch_embedded=off";
 /// The crates kept quiet unless named (see [`DEFAULT_FILTER`]).
 const QUIET: &str = "lapin=off,metrics_cloudwatch_embedded=off";

@@ -39,10 +39,13 @@ pub const ROUTE: Route = Route {
 };
 
 /// The Lambda handler; also mounted by the local server.
-/// Every answer, events or error, names the hold ([`longpoll::http::POLL_HOLD_HEADER`]).
+/// Every answer, events or error, names the hold ([`longpoll::routes::POLL_HOLD_HEADER`]).
 pub async fn handle(app: &App, request: Request) -> Result<Response<Body>, Error> {
     let events = poll(app, &request).await;
-    metrics::poll_answered(events.as_deref().map_err(|_| ()));
+    match &events {
+        Ok(events) => metrics::poll_answered(events.iter().map(|event| event.timestamp)),
+        Err(_) => metrics::poll_failed(),
+    }
     let answer = events.map(|events| {
         json_response(
             StatusCode::OK,

@@ -13,9 +13,10 @@ use std::{
 use longpoll::{
     RabbitBroker,
     config::DEV_JWT_SECRET,
+    lambda::emf::EMF_BYTES_PER_POLL,
     metrics::{
-        BROKER_OPERATION_LATENCY, DELIVERY_LATENCY, EMF_BYTES_PER_POLL, ERRORS, EVENTS_DELIVERED,
-        POLLS_ANSWERED, POLLS_HELD,
+        BROKER_OPERATION_LATENCY, DELIVERY_LATENCY, ERRORS, EVENTS_DELIVERED, POLLS_ANSWERED,
+        POLLS_HELD,
     },
     token::TokenIssuer,
     topology::Audience,

@@ -66,12 +66,9 @@ async fn publish(publisher: &Publisher, request: &Request) -> Result<Response<Bo
     let receipts = publisher.broker.publish(&batch).await.inspect_err(|_| {
         metrics::events_refused(batch.len());
     })?;
-    metrics::events_published(&receipts);
-    info!(
-        events = receipts.len(),
-        routed = receipts.iter().filter(|receipt| receipt.routed).count(),
-        "published"
-    );
+    let routed = receipts.iter().filter(|receipt| receipt.routed).count();
+    metrics::events_published(routed, receipts.len() - routed);
+    info!(events = receipts.len(), routed, "published");
     Ok(json_response(
         StatusCode::OK,
         &json!({ "published": receipts }),

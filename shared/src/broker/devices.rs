@@ -16,8 +16,6 @@ use tokio::time::Instant;
 
 use crate::topology::{DeviceId, Subscriber, USER_QUEUE_EXPIRES, UserId};
 
-/// Default cap on one user's device queues (`MAX_DEVICES_PER_USER`).
-pub const DEFAULT_MAX_DEVICES_PER_USER: usize = 10;
 /// Users kept before the register drops those whose devices all expired.
 const SWEEP_ABOVE: usize = 100_000;
 

@@ -16,12 +16,10 @@ use std::{
 use async_trait::async_trait;
 use tokio::{sync::Notify, time::Instant};
 
-use super::{
-    Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt,
-    devices::{DEFAULT_MAX_DEVICES_PER_USER, Devices},
-};
+use super::{Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt, devices::Devices};
 use crate::{
     budget::PollBudget,
+    config::DEFAULT_MAX_DEVICES_PER_USER,
     event::{Event, epoch_seconds},
     topology::{
         CollegeId, MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES,

@@ -17,7 +17,6 @@ mod devices;
 mod memory;
 mod rabbit;
 
-pub use devices::DEFAULT_MAX_DEVICES_PER_USER;
 pub use memory::MemoryBroker;
 pub use rabbit::{LingeringBroker, RabbitBroker, Tail};
 
@@ -28,6 +27,13 @@ use crate::{
     event::{Event, OutgoingEvent},
     topology::{Audience, CollegeId, Subscriber, UserId},
 };
+
+/// Seconds a client should wait before retrying when the broker is unavailable: what
+/// the 503's `Retry-After` says, and what presence refreshes allow for.
+pub const RETRY_AFTER_SECS: u64 = 2;
+/// Seconds a client should wait after the broker refused its request: a limit that was
+/// reached is not lifted in two seconds.
+pub const REFUSED_RETRY_AFTER_SECS: u64 = 30;
 
 /// The broker could not do what was asked. Handlers answer 503 with `Retry-After`:
 /// every variant is worth retrying once the broker is back (or, for a refusal, once an

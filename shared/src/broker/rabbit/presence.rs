@@ -28,9 +28,8 @@ use super::{
     session::OwnLane,
 };
 use crate::{
-    broker::{BrokerError, Presence},
+    broker::{BrokerError, Presence, RETRY_AFTER_SECS},
     budget::PollBudget,
-    http::RETRY_AFTER_SECS,
     telemetry::Throttle,
     topology::{
         CollegeId, UserId, college_presence_key, presence_queue_arguments, presence_queue_name,

@@ -1,4 +1,8 @@
-//! The Lambda side of every `main`: [`serve`] runs a handler on the Lambda Runtime API.
+//! The Lambda side of every `main`: [`serve`] runs a handler on the Lambda Runtime API,
+//! and flushes the metrics it recorded through [`emf`], CloudWatch's embedded metric
+//! format.
+
+pub mod emf;
 
 use std::{
     future::Future,
@@ -22,7 +26,8 @@ use lambda_runtime_api_client::{PooledClient, body::Body as ApiBody};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::{cors, drain, metrics::Emf};
+use self::emf::{Emf, MANAGED_FLUSH_INTERVAL};
+use crate::{cors, drain};
 
 /// How long a stopping process waits for its invocations to answer once their holds
 /// ended. Lambda gives a runtime 500 ms after SIGTERM (300 ms beside external
@@ -43,7 +48,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(300);
 ///
 /// Metrics ([`Emf`]) go to CloudWatch through the log: written after each invocation on
 /// standard Lambda (an environment may be frozen, then never thawed, once it answered),
-/// every [`crate::metrics::MANAGED_FLUSH_INTERVAL`] when serving many invocations at
+/// every [`MANAGED_FLUSH_INTERVAL`] when serving many invocations at
 /// once, and once more on the way out.
 ///
 /// The Runtime API hanging up (the environment shutting down, `cargo lambda watch`
@@ -68,7 +73,7 @@ where
     let flush_each = metrics.clone().filter(|_| !concurrent);
     if let Some(metrics) = metrics.clone().filter(|_| concurrent) {
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(crate::metrics::MANAGED_FLUSH_INTERVAL);
+            let mut every = tokio::time::interval(MANAGED_FLUSH_INTERVAL);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 every.tick().await;
