@@ -1,17 +1,17 @@
-//! A poll's consumer: set up (declare unless recent, then `basic.consume` on a shared
-//! lane), the wait for the first delivery, the clean-up (cancel, collect what raced with
-//! it, top the batch up with `basic.get`), and the settlement (acks, or requeues in
-//! cursor mode). [`Poll`] for the RabbitMQ broker is built from these.
+//! A poll's consumer, up to the batch it takes: set up (declare unless recent, then
+//! `basic.consume` on a shared lane, or a channel of its own for a quorum queue), the
+//! wait for the first delivery, and the clean-up (cancel, collect what raced with it, top
+//! the batch up with `basic.get`). `settle` then acks or gives back the batch, and `poll`
+//! builds [`Poll`](crate::broker::Poll) from the two.
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_lite::StreamExt;
 use lapin::{
     Channel,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
+        BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
         BasicRejectOptions,
     },
     types::FieldTable,
@@ -25,15 +25,15 @@ use tracing::warn;
 use super::{
     RabbitBroker,
     codec::decode,
+    lanes::{Borrow, Channelled, Lane, OwnLane, PREFETCH, poison},
     runner::failed,
-    session::{Borrow, Channelled, Lane, OwnLane, PREFETCH, REPLY_SUCCESS, poison},
 };
 use crate::{
-    broker::{BrokerError, Poll},
+    broker::BrokerError,
     budget::{CLEAN_UP, PollBudget},
     event::Event,
     telemetry::Throttle,
-    topology::{MAX_BATCH, MAX_QUEUE_LENGTH, QueueType, Subscriber},
+    topology::{QueueType, Subscriber},
 };
 
 impl RabbitBroker {
@@ -114,8 +114,8 @@ impl RabbitBroker {
     /// ends), then stops the consumer, collects the deliveries that raced with the stop
     /// and tops the batch up to `limit` with what else is queued, within the clean-up.
     /// Nothing is settled yet: the caller acks or requeues each delivery with
-    /// [`Self::settle`], within what is left of the clean-up.
-    async fn take(
+    /// [`Self::settle`](super::settle), within what is left of the clean-up.
+    pub(super) async fn take(
         &self,
         subscriber: &Subscriber,
         budget: &PollBudget,
@@ -200,83 +200,6 @@ impl RabbitBroker {
             _consumer: consumer,
         })
     }
-
-    /// Acks (removes) each delivery of `taken` for which `remove` says so and requeues
-    /// the others, which go back to their places at the head of the queue.
-    async fn settle(
-        &self,
-        taken: &Taken,
-        remove: impl Fn(usize) -> bool,
-    ) -> Result<(), BrokerError> {
-        let lane = match &taken.lane {
-            PollLane::Shared(lane) => lane,
-            PollLane::Own(lane) => {
-                // A quorum queue: ack what goes, then close the channel, which gives back
-                // the rest (and any delivery that came after we stopped reading) in queue
-                // order. Neither a cancel nor rejects, see [`PollLane::Own`].
-                let settle = async {
-                    let mut acked = false;
-                    for (index, delivery) in taken.deliveries.iter().enumerate() {
-                        if remove(index) {
-                            delivery.acker.ack(BasicAckOptions::default()).await?;
-                            acked = true;
-                        }
-                    }
-                    // Acks have no reply, and a close right behind them gave acked
-                    // events back to the queue now and then (a later poll saw them
-                    // again; tests/conformance.rs, 3.10). A `basic.qos` that changes
-                    // nothing is answered only after the acks before it.
-                    if acked {
-                        let unchanged = BasicQosOptions { global: false };
-                        lane.channel.basic_qos(PREFETCH, unchanged).await?;
-                    }
-                    lane.channel
-                        .close(REPLY_SUCCESS, "poll answered".into())
-                        .await
-                };
-                return match timeout_at(taken.clean_up_until, settle).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(failed("poll", error)),
-                    // The lane closes its channel as it drops.
-                    Err(_) => Err(BrokerError::Timeout("poll clean-up")),
-                };
-            }
-        };
-        // One settlement each: delivery tags are per channel and lanes are shared, so a
-        // `multiple` ack could take other polls' deliveries with it.
-        let settle = async {
-            let mut requeued = false;
-            for (index, delivery) in taken.deliveries.iter().enumerate() {
-                if remove(index) {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                } else {
-                    let requeue = BasicRejectOptions { requeue: true };
-                    delivery.acker.reject(requeue).await?;
-                    requeued = true;
-                }
-            }
-            // Rejects have no reply. Answering before the broker has taken them back
-            // would let the client's next poll, served on another connection (another
-            // instance), see newer events ahead of them. A `basic.qos` that changes
-            // nothing (the lanes' per-consumer prefetch) is answered on this channel
-            // only after the rejects before it: one round trip, for cursor polls that
-            // return events.
-            if requeued {
-                let unchanged = BasicQosOptions { global: false };
-                lane.channel.basic_qos(PREFETCH, unchanged).await?;
-            }
-            Ok(())
-        };
-        match timeout_at(taken.clean_up_until, settle).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(failed("poll", error)),
-            Err(_) => {
-                // Closing the channel requeues whatever is still unacked.
-                poison(lane.channel.clone());
-                Err(BrokerError::Timeout("poll clean-up"))
-            }
-        }
-    }
 }
 
 /// Most time a released consumer gets to stop and give its messages back before its
@@ -318,7 +241,7 @@ pub(super) fn release(
 }
 
 /// The channel a poll's consumer runs on.
-enum PollLane {
+pub(super) enum PollLane {
     /// A classic queue: a shared lane. The consumer ends with a cancel, after which the
     /// queue sends nothing more, and what the poll keeps is requeued with rejects.
     Shared(Lane),
@@ -343,12 +266,12 @@ impl PollLane {
 
 /// Deliveries taken from a queue and not yet settled, and the lane they came on (acks
 /// must go back on the same channel).
-struct Taken {
-    lane: PollLane,
+pub(super) struct Taken {
+    pub(super) lane: PollLane,
     queue: String,
-    deliveries: Vec<Delivery>,
+    pub(super) deliveries: Vec<Delivery>,
     /// When the settlement must be done: the poll's clean-up started as the wait ended.
-    clean_up_until: Instant,
+    pub(super) clean_up_until: Instant,
     /// Kept until the batch is settled. Dropping lapin's last handle on a consumer
     /// sends `basic.cancel` in the background; on a quorum poll's own channel that
     /// cancel raced with the channel's close and failed the close ("invalid channel
@@ -358,7 +281,7 @@ struct Taken {
 }
 
 impl Taken {
-    fn events(&self) -> impl Iterator<Item = Option<Event>> + '_ {
+    pub(super) fn events(&self) -> impl Iterator<Item = Option<Event>> + '_ {
         self.deliveries
             .iter()
             .map(|delivery| decode(&self.queue, delivery))
@@ -416,97 +339,4 @@ async fn collect_rest(
         }
     }
     Ok(())
-}
-
-#[async_trait]
-impl Poll for RabbitBroker {
-    async fn wait_for_events(
-        &self,
-        subscriber: &Subscriber,
-        budget: &PollBudget,
-    ) -> Result<Vec<Event>, BrokerError> {
-        let poll = self.poll_events(subscriber, budget);
-        self.presence_refreshes
-            .answering(subscriber.user_id, poll)
-            .await
-    }
-
-    async fn wait_with_cursor(
-        &self,
-        subscriber: &Subscriber,
-        acked: &str,
-        budget: &PollBudget,
-    ) -> Result<Vec<Event>, BrokerError> {
-        let poll = self.poll_after_cursor(subscriber, acked, budget);
-        self.presence_refreshes
-            .answering(subscriber.user_id, poll)
-            .await
-    }
-}
-
-impl RabbitBroker {
-    /// A guide-mode poll: a consumer for the hold, then the batch acked.
-    async fn poll_events(
-        &self,
-        subscriber: &Subscriber,
-        budget: &PollBudget,
-    ) -> Result<Vec<Event>, BrokerError> {
-        self.make_room(subscriber).await?;
-        let taken = self.take(subscriber, budget, MAX_BATCH).await?;
-        // A failed settle may still have removed some of the batch (acks have no
-        // reply): answer with all of it, since what stayed queued comes again under
-        // the same ids, rather than answer 503 and lose the rest.
-        if let Err(error) = self.settle(&taken, |_| true).await {
-            warn!(%error, "acks failed; answering with the batch, the unacked part will come again");
-        }
-        // A message that is not an event was acked too: left in the queue it would
-        // block every later poll.
-        Ok(taken.events().flatten().collect())
-    }
-
-    /// A cursor-mode poll: the acknowledged prefix removed, the rest answered and kept.
-    async fn poll_after_cursor(
-        &self,
-        subscriber: &Subscriber,
-        acked: &str,
-        budget: &PollBudget,
-    ) -> Result<Vec<Event>, BrokerError> {
-        self.make_room(subscriber).await?;
-        let mut acked = Some(acked);
-        loop {
-            // The whole queue (it keeps at most 100) plus what arrives while we read it.
-            let taken = self
-                .take(subscriber, budget, MAX_QUEUE_LENGTH + MAX_BATCH)
-                .await?;
-            let events: Vec<Option<Event>> = taken.events().collect();
-            // The acknowledged prefix goes; on later rounds nothing is acknowledged.
-            let acked_through = acked.take().and_then(|acked| {
-                events
-                    .iter()
-                    .position(|event| event.as_ref().is_some_and(|event| event.id == acked))
-            });
-            let prefix = acked_through.map_or(0, |position| position + 1);
-            // The client can only have received a message that was delivered before:
-            // one in the prefix that never was (`redelivered` false) overtook the
-            // requeue of earlier ones (a reject travels on another channel than this
-            // consume, and the queue may see them in either order), so it stays.
-            let acked = |index: usize| {
-                index < prefix
-                    && (taken.deliveries[index].redelivered || Some(index) == acked_through)
-            };
-            // A message that is not an event goes wherever it is: requeued, it would
-            // come back on every poll.
-            self.settle(&taken, |index| acked(index) || events[index].is_none())
-                .await?;
-            let kept: Vec<Event> = events
-                .into_iter()
-                .enumerate()
-                .filter(|(index, _)| !acked(*index))
-                .filter_map(|(_, event)| event)
-                .collect();
-            if !kept.is_empty() || budget.hold_over() {
-                return Ok(kept.into_iter().take(MAX_BATCH).collect());
-            }
-        }
-    }
 }

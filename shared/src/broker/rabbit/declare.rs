@@ -15,7 +15,7 @@ use lapin::{
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{RabbitBroker, codec::field_table, publish::DEFAULT_EXCHANGE, session::OwnLane};
+use super::{RabbitBroker, codec::field_table, lanes::OwnLane, publish::DEFAULT_EXCHANGE};
 use crate::{
     broker::BrokerError,
     telemetry::Throttle,

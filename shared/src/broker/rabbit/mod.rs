@@ -1,7 +1,7 @@
 //! The RabbitMQ broker (lapin).
 //!
 //! One AMQP connection per process, opened on first use and shared by every
-//! invocation; its channels are lanes that operations borrow ([`session`]). A
+//! invocation; its channels are lanes that operations borrow (`lanes`). A
 //! connection that died (broker restart, a thawed Lambda whose heartbeats lapsed) is
 //! replaced on the next operation, which is retried once on the fresh connection.
 //!
@@ -13,11 +13,14 @@
 //! the channel closes: a failed poll loses nothing.
 //!
 //! Layout, one job per file:
-//! - [`session`]: the connection, its lanes (shared channels) and own channels;
+//! - [`session`]: the connection, opened on demand and replaced when it dies;
+//! - `lanes`: its channels: shared lanes, and channels of an operation's own;
 //! - `runner`: every operation runs through [`RabbitBroker::run_on`] (a turn, a bounded
 //!   wait, one retry on a fresh connection) and lapin's errors become [`BrokerError`](crate::broker::BrokerError)s;
 //! - `declare`: a subscriber's queue, its bindings and binding record, the device cap;
-//! - `consume`: a poll's consumer, from set-up to settlement ([`crate::broker::Poll`]);
+//! - `consume`: a poll's consumer, from set-up to the batch it takes;
+//! - `settle`: a taken batch acked or given back, in queue order;
+//! - `poll`: [`crate::broker::Poll`], the guide's mode and cursor mode, from the two;
 //! - `publish`: mandatory, confirmed publishing ([`crate::broker::Publish`]);
 //! - `presence`: presence queues and lookups ([`crate::broker::Presence`]);
 //! - `tail`: a live copy of some routing keys' events, for debugging;
@@ -27,11 +30,14 @@
 mod codec;
 mod consume;
 mod declare;
+mod lanes;
 mod linger;
+mod poll;
 mod presence;
 mod publish;
 mod runner;
 mod session;
+mod settle;
 mod tail;
 
 use std::time::Duration;

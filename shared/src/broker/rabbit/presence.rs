@@ -24,8 +24,8 @@ use tracing::warn;
 use super::{
     RabbitBroker,
     codec::field_table,
+    lanes::OwnLane,
     publish::{DEFAULT_EXCHANGE, Outgoing},
-    session::OwnLane,
 };
 use crate::{
     broker::{BrokerError, Presence, RETRY_AFTER_SECS},

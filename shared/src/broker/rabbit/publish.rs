@@ -12,7 +12,7 @@ use lapin::{
 };
 use tokio::time::Instant;
 
-use super::{RabbitBroker, codec::PUBLISHED_MS_HEADER, runner::is_missing_queue, session::OwnLane};
+use super::{RabbitBroker, codec::PUBLISHED_MS_HEADER, lanes::OwnLane, runner::is_missing_queue};
 use crate::{
     broker::{BrokerError, Publication, Publish, Receipt},
     event::epoch_seconds,

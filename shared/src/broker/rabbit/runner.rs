@@ -11,7 +11,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::{RabbitBroker, session::Borrow};
+use super::{RabbitBroker, lanes::Borrow};
 use crate::{broker::BrokerError, metrics, telemetry::Throttle};
 
 /// Most broker operations of one stage in flight at once per process. Enough to keep
@@ -19,8 +19,8 @@ use crate::{broker::BrokerError, metrics, telemetry::Throttle};
 const MAX_OPERATIONS_IN_FLIGHT: usize = 64;
 
 impl RabbitBroker {
-    /// Runs `operation` on a borrowed channel (a shared [`Lane`](super::session::Lane) or an
-    /// [`super::session::OwnLane`], as `operation` takes), within one round-trip timeout
+    /// Runs `operation` on a borrowed channel (a shared [`Lane`](super::lanes::Lane) or an
+    /// [`super::lanes::OwnLane`], as `operation` takes), within one round-trip timeout
     /// and the caller's deadline; on failure tries once more (on a fresh connection if the
     /// old one died).
     pub(super) async fn run_on<L, T, F, Fut>(
@@ -65,7 +65,7 @@ impl RabbitBroker {
             } else {
                 deadline
             };
-            let error = match timeout_at(step_deadline, L::borrow(&session)).await {
+            let error = match timeout_at(step_deadline, session.borrow::<L>()).await {
                 Err(_) => BrokerError::Timeout(name),
                 Ok(Err(error)) => failed(name, error),
                 Ok(Ok(lane)) => {

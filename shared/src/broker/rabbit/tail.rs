@@ -8,7 +8,7 @@ use lapin::{
 };
 use tokio::time::Instant;
 
-use super::{RabbitBroker, codec::decode, runner::failed, session::Lane};
+use super::{RabbitBroker, codec::decode, lanes::Lane, runner::failed};
 use crate::{broker::BrokerError, event::Event};
 
 impl RabbitBroker {

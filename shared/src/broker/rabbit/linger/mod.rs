@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use lapin::message::Delivery;
 
 use self::subscriptions::{Attached, Subscriptions, Taken};
-use super::{RabbitBroker, codec::decode, session::PREFETCH};
+use super::{RabbitBroker, codec::decode, lanes::PREFETCH};
 use crate::{
     broker::{Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt},
     budget::PollBudget,

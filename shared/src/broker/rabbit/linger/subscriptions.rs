@@ -16,7 +16,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::broker::rabbit::{
     consume::{RELEASE_BUDGET, release},
-    session::{Lane, poison},
+    lanes::{Lane, poison},
 };
 use crate::{broker::BrokerError, topology::MAX_BATCH};
 
