@@ -121,7 +121,11 @@ async fn caps_batches_and_drops_the_oldest(make: MakeBroker) {
         )
         .await
         .unwrap();
-    assert!(after.is_empty(), "the batch was removed from the queue");
+    assert!(
+        after.is_empty(),
+        "the batch was removed from the queue, yet came: {:?}",
+        after.iter().map(message_data_id).collect::<Vec<_>>()
+    );
 }
 
 /// More than a batch never comes back at once, and nothing is lost across batches.
