@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use longpoll_testkit::watch::free_port;
+use longpoll_testkit::server::free_port;
 use tokio::time::Instant;
 
 /// Where Debian installs the module.

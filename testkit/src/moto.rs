@@ -37,7 +37,7 @@ impl Drop for Moto {
 impl Moto {
     /// Starts moto's server on a free port and waits until it answers.
     pub async fn start() -> Self {
-        let port = crate::watch::free_port();
+        let port = crate::server::free_port();
         let child = Command::new(python())
             .args([
                 "-m",

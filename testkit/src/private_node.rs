@@ -20,14 +20,14 @@ impl PrivateNode {
 
     /// Starts a node that also serves RabbitMQ's management API (HTTP, loopback).
     pub fn start_with_management() -> Self {
-        Self::start_with(None, Some(crate::watch::free_port()))
+        Self::start_with(None, Some(crate::server::free_port()))
     }
 
     fn start_with(definitions: Option<&str>, management_port: Option<u16>) -> Self {
-        let port = crate::watch::free_port();
+        let port = crate::server::free_port();
         // Its Erlang distribution port, free too (the script's default, PORT + 20000,
         // may be taken or past 65535 for a port the system handed out).
-        let dist_port = crate::watch::free_port();
+        let dist_port = crate::server::free_port();
         let mut command = Command::new(format!("{WORKSPACE}/scripts/private-rabbitmq"));
         command
             .args(["start", &port.to_string()])

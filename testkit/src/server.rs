@@ -10,8 +10,6 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::watch::free_port;
-
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The workspace binary `name`, built with its own features (`cargo build --bin NAME`
@@ -46,6 +44,15 @@ pub fn built(name: &str) -> PathBuf {
     let status = command.status().expect("cargo runs");
     assert!(status.success(), "cargo build --bin {name} failed");
     dir.join(name)
+}
+
+/// A loopback port free now (the OS picks it; a race with another process is unlikely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A server process on a free loopback port; killed when dropped.

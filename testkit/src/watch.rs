@@ -32,20 +32,12 @@ impl Drop for Watch {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Watch {
     /// Starts watch in the workspace with extra `--env-var`s for the functions, waits
     /// until it answers `poll/test/`, then starts each of `warm` (function paths under
     /// `/api/v1/communication/`) once, so a test measures answers, not builds.
     pub async fn start(env: &[(&str, &str)], warm: &[&str]) -> Watch {
-        let port = free_port();
+        let port = crate::server::free_port();
         build_functions();
         let log_path = std::env::temp_dir().join(format!("longpoll-watch-{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();

@@ -147,6 +147,12 @@ pub trait Product: Send + Sync + 'static {
         event: &OutgoingEvent,
         attempt: usize,
     ) -> impl Future<Output = Attempt<bool>> + Send;
+
+    /// What the product's own metrics say failed, by operation and cause (empty when it
+    /// exports none): the server side of the users' failed polls.
+    fn broker_failures(&self) -> impl Future<Output = String> + Send {
+        async { String::new() }
+    }
 }
 
 /// What a drill saw.
@@ -180,6 +186,9 @@ pub struct Report {
     pub longest_gap: Duration,
     /// That user's polls over the gap: what kept them waiting.
     pub gap_trace: String,
+    /// The product's failed broker operations, by operation and cause, where it exports
+    /// them ([`Product::broker_failures`]).
+    pub broker_failures: String,
     /// Publish (start) to first receipt, for each routed event received, sorted.
     pub latencies: Vec<Duration>,
     /// For each fault the caller marked: from the mark until every user whose polls
@@ -226,6 +235,9 @@ impl std::fmt::Display for Report {
         }
         if !self.gap_trace.is_empty() {
             write!(f, "\n{}", self.gap_trace)?;
+        }
+        if !self.broker_failures.is_empty() {
+            write!(f, "\nbroker failures:\n{}", self.broker_failures)?;
         }
         Ok(())
     }
@@ -370,7 +382,10 @@ where
         poller.await.expect("a poller ran");
     }
     let marks = marks.0.lock().unwrap().clone();
-    report(&ledger, &users, &marks, declared_in, load.hold)
+    Report {
+        broker_failures: product.broker_failures().await,
+        ..report(&ledger, &users, &marks, declared_in, load.hold)
+    }
 }
 
 /// The events answered `routed: true` that no user has received yet.
@@ -472,6 +487,7 @@ fn report(
         answered_polls: all.iter().filter(|r| r.outcome.is_ok()).count(),
         longest_gap,
         gap_trace,
+        broker_failures: String::new(),
         latencies,
         recoveries,
         traces,

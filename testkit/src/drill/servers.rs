@@ -12,7 +12,7 @@ use longpoll::{config::DEV_PUBLISH_KEY, event::OutgoingEvent, topology::QueueTyp
 use serde_json::{Value, json};
 
 use super::{Attempt, Failure, Product, User};
-use crate::server::{Server, built};
+use crate::server::{Server, built, free_port};
 
 /// How much longer than its hold a browser waits for a poll's answer (the browser
 /// client's `HEALTH_MARGIN_MS`).
@@ -23,6 +23,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Local servers, all on one broker.
 pub struct Servers {
     servers: Vec<Server>,
+    /// Each server's `/metrics`.
+    metrics: Vec<String>,
     client: reqwest::Client,
     /// The next server the backend publishes through.
     next: AtomicUsize,
@@ -41,18 +43,22 @@ impl Servers {
         let program = built("longpoll-local");
         let hold_ms = hold.as_millis().to_string();
         let mut servers = Vec::with_capacity(count);
+        let mut metrics = Vec::with_capacity(count);
         for _ in 0..count {
+            let metrics_addr = format!("127.0.0.1:{}", free_port());
             let mut server_env = vec![
                 ("AMQP_URL", amqp_url),
                 ("QUEUE_TYPE", queue_type.as_str()),
                 ("POLL_TIMEOUT_MS", hold_ms.as_str()),
-                ("METRICS_ADDR", "off"),
+                ("METRICS_ADDR", metrics_addr.as_str()),
             ];
             server_env.extend_from_slice(env);
             servers.push(Server::start(program.clone(), &[], &server_env).await);
+            metrics.push(format!("http://{metrics_addr}/metrics"));
         }
         Self {
             servers,
+            metrics,
             client: reqwest::Client::new(),
             next: AtomicUsize::new(0),
         }
@@ -104,6 +110,24 @@ impl Product for Servers {
             via: format!("server {index}"),
             outcome: json_answer(answer).await.map(|body| routed(&body)),
         }
+    }
+
+    /// `longpoll_broker_failures_total` of each server, as its `/metrics` gives it.
+    async fn broker_failures(&self) -> String {
+        let mut failures = String::new();
+        for (index, url) in self.metrics.iter().enumerate() {
+            let text = match self.client.get(url).send().await {
+                Ok(answer) => answer.text().await.unwrap_or_default(),
+                Err(error) => format!("unreadable: {error}"),
+            };
+            for line in text
+                .lines()
+                .filter(|line| line.starts_with(longpoll::metrics::BROKER_FAILURES))
+            {
+                failures.push_str(&format!("  server {}: {line}\n", index + 1));
+            }
+        }
+        failures
     }
 }
 
