@@ -28,12 +28,12 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
         QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use longpoll::{
     Broker, Config,
-    broker::Publication,
-    topology::{Audience, QueueType, UserId, user_queue_arguments},
+    broker::{Publication, user_queue_table},
+    topology::{Audience, QueueType, UserId},
 };
 use tokio::{sync::mpsc, time::Instant};
 
@@ -194,10 +194,7 @@ async fn publish_steps(
     let channel = connection.create_channel().await.expect("a channel");
     let (options, arguments) = match shape {
         Shape::LikeAUsers => {
-            let mut arguments = FieldTable::default();
-            for (name, value) in user_queue_arguments(QueueType::Classic) {
-                arguments.insert(name.into(), AMQPValue::from(value));
-            }
+            let arguments = user_queue_table(QueueType::Classic);
             let options = QueueDeclareOptions {
                 durable: true,
                 auto_delete: true,

@@ -23,10 +23,10 @@ use lapin::{
 };
 use longpoll::{
     BrokerError, Config, RabbitBroker,
-    broker::Poll,
+    broker::{Poll, user_queue_table},
     budget::PollBudget,
     event::Event,
-    topology::{MAX_BATCH, QueueType, Subscriber, user_queue_arguments},
+    topology::{MAX_BATCH, QueueType, Subscriber},
 };
 use tokio::{sync::Mutex, time::Instant};
 
@@ -88,7 +88,11 @@ impl GuideBaseline {
             ..Default::default()
         };
         channel
-            .queue_declare(queue.as_str().into(), durable, queue_arguments())
+            .queue_declare(
+                queue.as_str().into(),
+                durable,
+                user_queue_table(QueueType::Classic),
+            )
             .await?;
         for key in subscriber.routing_keys() {
             channel
@@ -148,15 +152,6 @@ impl Poll for GuideBaseline {
     ) -> Result<Vec<Event>, BrokerError> {
         self.inner.wait_with_cursor(subscriber, acked, budget).await
     }
-}
-
-/// The contract's queue arguments as the guide's code passes them to its client.
-fn queue_arguments() -> FieldTable {
-    let mut table = FieldTable::default();
-    for (name, value) in user_queue_arguments(QueueType::Classic) {
-        table.insert(name.into(), value.into());
-    }
-    table
 }
 
 fn unreachable(error: lapin::Error) -> BrokerError {

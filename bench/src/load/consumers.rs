@@ -23,18 +23,20 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
         QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use longpoll::{
     Config,
-    topology::{Audience, QueueType, Subscriber, UserId, user_queue_arguments},
+    broker::user_queue_table,
+    topology::{Audience, QueueType, Subscriber, UserId},
 };
 use serde_json::Value;
 use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     LoadOptions, LoadReport,
-    window::{Ledger, fresh_user_base, publish_window},
+    ledger::Ledger,
+    window::{fresh_user_base, publish_window},
 };
 
 /// Consumers per channel, as the server's lanes take them.
@@ -117,10 +119,7 @@ fn queue_name(user: UserId) -> String {
 /// Declares the user's queue as the server does, binds it and starts its consumer.
 async fn set_up(channel: &Channel, exchange: &str, user: UserId) -> lapin::Consumer {
     let queue = queue_name(user);
-    let mut arguments = FieldTable::default();
-    for (name, value) in user_queue_arguments(QueueType::Classic) {
-        arguments.insert(name.into(), AMQPValue::from(value));
-    }
+    let arguments = user_queue_table(QueueType::Classic);
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()

@@ -15,14 +15,15 @@
 //!
 //! Layout, one job per file: [`Contender`] and [`LoadOptions`] here; `users` (the HTTP
 //! users), [`consumers`] (the floor's AMQP consumers), `publisher` (the events),
-//! `window` (the ledger, the publishing window and its drain, shared by both kinds of
-//! users), [`report`] (what a run saw).
+//! `ledger` (each event from its publish to its user), `window` (the publishing window
+//! and its drain, shared by both kinds of users), [`report`] (what a run saw).
 
 use std::{sync::Arc, time::Duration};
 
 use longpoll::Broker;
 
 pub mod consumers;
+mod ledger;
 mod publisher;
 pub mod report;
 mod users;

@@ -16,7 +16,7 @@ use longpoll::{
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::window::Ledger;
+use super::ledger::Ledger;
 use crate::stats;
 
 /// Where a load's events are published: what a [`super::Contender`] implies.
@@ -58,7 +58,7 @@ pub(super) async fn publish_steadily(
             failures.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            ledger.lock().unwrap().pending.insert(seq, Instant::now());
+            ledger.lock().unwrap().publishing(seq);
             loop {
                 // The same id on every attempt: an attempt that failed after the broker
                 // took the event (its confirm lost with the connection) and its retry
@@ -66,19 +66,13 @@ pub(super) async fn publish_steadily(
                 let id = format!("bench-{base}-{seq}");
                 match publish_one(&client, &via, user, seq, &id).await {
                     Ok(routed) => {
-                        let mut ledger = ledger.lock().unwrap();
-                        if routed {
-                            ledger.confirmed.insert(seq);
-                        } else {
-                            ledger.pending.remove(&seq);
-                            ledger.unrouted.insert(seq);
-                        }
+                        ledger.lock().unwrap().published(seq, routed);
                         return;
                     }
                     Err(status) => {
                         *failures.lock().unwrap().entry(status).or_default() += 1;
                         if started.elapsed() >= window {
-                            ledger.lock().unwrap().pending.remove(&seq);
+                            ledger.lock().unwrap().abandoned(seq);
                             return;
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;

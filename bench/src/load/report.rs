@@ -32,16 +32,6 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// 5xx responses to polls and publishes (transport errors not included).
-    pub fn server_errors(&self) -> usize {
-        self.poll_failures
-            .iter()
-            .chain(&self.publish_failures)
-            .filter(|(status, _)| **status >= 500)
-            .map(|(_, count)| count)
-            .sum()
-    }
-
     /// One line: latency, events, failures.
     pub fn summary(&self) -> String {
         format!(

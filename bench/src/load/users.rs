@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use super::{
     LoadOptions, LoadReport,
-    window::{Ledger, fresh_user_base, publish_window},
+    ledger::Ledger,
+    window::{fresh_user_base, publish_window},
 };
 use crate::{nchan, stats};
 

@@ -1,9 +1,7 @@
-//! The measured part of every load, whoever the users are: the ledger that follows each
-//! event from its publish to the user it reaches, the publishing window and its drain,
-//! and the users' fresh ids.
+//! The measured part of every load, whoever the users are: the publishing window and its
+//! drain, kept in the [`Ledger`], and the users' fresh ids.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -13,44 +11,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{LoadOptions, LoadReport, publisher::publish_steadily};
-
-/// The bookkeeping shared by pollers and publisher.
-#[derive(Default)]
-pub(super) struct Ledger {
-    /// Sequence number → when its first publish attempt started (until delivered).
-    pub(super) pending: HashMap<u64, Instant>,
-    /// Sequence numbers whose publish was confirmed and routed.
-    pub(super) confirmed: HashSet<u64>,
-    /// Sequence numbers the broker reported routed to no queue.
-    pub(super) unrouted: HashSet<u64>,
-    /// Sequence number → the event id it was first delivered under.
-    delivered: HashMap<u64, String>,
-    duplicated: usize,
-    latencies: Vec<Duration>,
-}
-
-impl Ledger {
-    fn all_delivered(&self) -> bool {
-        self.confirmed
-            .iter()
-            .all(|seq| self.delivered.contains_key(seq))
-    }
-
-    /// Event `seq` reached its user under `id` at `at`.
-    pub(super) fn delivered(&mut self, seq: u64, id: &str, at: Instant) {
-        match self.delivered.get(&seq) {
-            Some(first_id) if first_id != id => self.duplicated += 1,
-            Some(_) => {}
-            None => {
-                self.delivered.insert(seq, id.to_owned());
-                if let Some(published) = self.pending.remove(&seq) {
-                    self.latencies.push(at - published);
-                }
-            }
-        }
-    }
-}
+use super::{LoadOptions, LoadReport, ledger::Ledger, publisher::publish_steadily};
 
 /// The measured part of a load, whoever the users are: publishes for the window
 /// (calling `each_second` once a second meanwhile), then waits until every confirmed
@@ -84,21 +45,7 @@ pub(super) async fn publish_window(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let ledger = ledger.lock().unwrap();
-    report.published = ledger.confirmed.len();
-    report.unrouted = ledger.unrouted.len();
-    report.unrouted_but_delivered = ledger
-        .unrouted
-        .iter()
-        .filter(|seq| ledger.delivered.contains_key(seq))
-        .count();
-    report.lost = ledger
-        .confirmed
-        .iter()
-        .filter(|seq| !ledger.delivered.contains_key(seq))
-        .count();
-    report.duplicated = ledger.duplicated;
-    report.latencies = ledger.latencies.clone();
+    ledger.lock().unwrap().fill(&mut report);
     report
 }
 

@@ -18,7 +18,7 @@ mod memory;
 mod rabbit;
 
 pub use memory::MemoryBroker;
-pub use rabbit::{LingeringBroker, RabbitBroker, Tail};
+pub use rabbit::{LingeringBroker, RabbitBroker, Tail, user_queue_table};
 
 use async_trait::async_trait;
 

@@ -7,7 +7,10 @@ use lapin::{
 };
 use tracing::warn;
 
-use crate::{event::Event, topology::QueueArgument};
+use crate::{
+    event::Event,
+    topology::{QueueArgument, QueueType, user_queue_arguments},
+};
 
 /// The poll's view of a delivery; a message that is not an event is logged and skipped
 /// (it was acked: left in the queue it would block every later poll).
@@ -53,8 +56,14 @@ pub(super) fn field_table(arguments: Vec<(&'static str, QueueArgument)>) -> Fiel
     table
 }
 
-/// A queue argument as AMQP writes it: any client of the contract's queues (the
-/// benchmark's guide baseline declares them with its own channel) converts with this.
+/// A user's queue arguments ([`crate::topology::user_queue_arguments`]) as lapin's field
+/// table, for a tool that declares the contract's queues on a channel of its own (the
+/// benchmark's guide baseline and probes).
+pub fn user_queue_table(queue_type: QueueType) -> FieldTable {
+    field_table(user_queue_arguments(queue_type))
+}
+
+/// A queue argument as AMQP writes it.
 impl From<QueueArgument> for AMQPValue {
     fn from(value: QueueArgument) -> Self {
         match value {

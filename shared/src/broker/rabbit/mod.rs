@@ -44,8 +44,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use self::{codec::user_queue_table, linger::LingeringBroker, tail::Tail};
 use self::{declare::Declared, presence::Refreshes, runner::Turns, session::Connector};
-pub use self::{linger::LingeringBroker, tail::Tail};
 use super::{Broker, devices::Devices};
 use crate::{config::Config, topology::QueueType};
 
