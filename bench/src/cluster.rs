@@ -202,7 +202,10 @@ struct Row {
     memory_per_user: f64,
 }
 
-pub async fn run(single_url: &str, options: &Options) {
+pub async fn run(options: &Options) {
+    let single_url =
+        std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
+    let single_url = single_url.as_str();
     for wanted in &options.cases {
         assert!(
             CASES.iter().any(|case| case.name == wanted),

@@ -10,33 +10,15 @@
 //! mode, guide; then again), so a slow minute of the machine falls on every server
 //! alike.
 
-use std::{sync::Arc, time::Duration};
-
-use longpoll::Broker;
+use std::time::Duration;
 
 use crate::{
     breakdown,
     load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
-    nchan::Nchan,
     probes,
-    server::{Contenders, Server},
+    server::Servers,
     stats::{median, ms},
 };
-
-/// The servers a comparison runs against.
-pub struct Servers<'a> {
-    pub longpoll: &'a Server,
-    /// The local server with no metrics recorder: what the metrics cost.
-    pub longpoll_without_metrics: &'a Server,
-    pub guide: &'a Server,
-    /// `None` where nginx with Nchan is not installed: the rows have no ratio.
-    pub nchan: Option<&'a Nchan>,
-    /// Events to the local server and the guide's are published through it (AMQP,
-    /// persistent, confirmed), as a backend does.
-    pub library: Arc<dyn Broker>,
-    /// The broker both servers use, for the floor's consumers.
-    pub amqp_url: String,
-}
 
 /// New users a second while a load ramps up: what a 2-core broker sets up without a
 /// herd (`scripts/bench herd` measures herds).
@@ -107,32 +89,39 @@ pub const WITHOUT_METRICS: &str = "longpoll, metrics off";
 pub const GUIDE: &str = "guide's algorithm (basic_get every 0.3 s)";
 pub const FLOOR: &str = "the broker alone (AMQP consumers, no HTTP: the floor)";
 
+/// `longpoll-bench compare`.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Runs of each load (0: only the breakdown).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Seconds of publishing in each run.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// The loads as USERS:RATE, comma-separated (default: 200:100,2000:500).
+    #[arg(long, value_delimiter = ',', value_parser = parse_load)]
+    pub loads: Vec<(usize, u64)>,
+    /// Only these contenders, comma-separated: nchan, floor, longpoll, metrics-off
+    /// (longpoll without its metrics recorder), cursor, guide (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(CONTENDERS.map(|(short, _)| short)))]
+    pub only: Vec<String>,
+    /// Leave out the step-by-step breakdown that follows the table.
+    #[arg(long)]
+    pub no_breakdown: bool,
+}
+
 /// `longpoll-bench compare`: starts the servers (the local server and the guide's on the
 /// broker at `AMQP_URL`, and Nchan), runs the loads and prints the table.
-/// The step-by-step breakdown follows unless `breakdown` is false.
-pub async fn standalone(
-    loads: &[(usize, u64)],
-    only: &[String],
-    runs: usize,
-    seconds: u64,
-    breakdown: bool,
-) {
-    let Contenders {
-        amqp_url,
-        library,
-        longpoll,
-        longpoll_without_metrics,
-        guide,
-    } = Contenders::start().await;
-    let nchan = yardstick().await;
-    let servers = Servers {
-        longpoll: &longpoll,
-        longpoll_without_metrics: &longpoll_without_metrics,
-        guide: &guide,
-        nchan: nchan.as_ref(),
-        library: library.clone(),
-        amqp_url: amqp_url.clone(),
+/// The step-by-step breakdown follows unless `--no-breakdown`.
+pub async fn standalone(options: Options) {
+    let loads: &[(usize, u64)] = if options.loads.is_empty() {
+        &LOADS
+    } else {
+        &options.loads
     };
+    let (only, runs, seconds) = (&options.only, options.runs, options.seconds);
+    let breakdown = !options.no_breakdown;
+    let servers = Servers::start().await;
     // `--runs 0`: the breakdown alone.
     let rows = if runs > 0 {
         run(&servers, loads, only, runs, seconds).await
@@ -145,27 +134,16 @@ pub async fn standalone(
     }
     if breakdown {
         let steps = breakdown::measure(
-            &amqp_url,
-            library.clone(),
-            &longpoll.url,
-            nchan.as_ref().map(|nchan| nchan.url.as_str()),
+            &servers.amqp_url,
+            servers.library.clone(),
+            &servers.longpoll.url,
+            servers.nchan.as_ref().map(|nchan| nchan.url.as_str()),
         )
         .await;
         println!("\n### Where the time goes\n");
         breakdown::print(&steps);
     }
-    library.close().await;
-}
-
-/// Nchan, started, unless it is not installed (then said why, and the rows have no ratio).
-pub async fn yardstick() -> Option<Nchan> {
-    match Nchan::unavailable() {
-        None => Some(Nchan::start().await),
-        Some(why) => {
-            eprintln!("  no yardstick: {why}");
-            None
-        }
-    }
+    servers.library.close().await;
 }
 
 /// The short names of the contenders, for `--only`.
@@ -181,7 +159,7 @@ pub const CONTENDERS: [(&str, &str); 6] = [
 /// Runs every load `runs` times against every server (or those `only` names, by their
 /// short names in [`CONTENDERS`]); one row per load and server.
 pub async fn run(
-    servers: &Servers<'_>,
+    servers: &Servers,
     loads: &[(usize, u64)],
     only: &[String],
     runs: usize,
@@ -190,7 +168,7 @@ pub async fn run(
     let mut rows = Vec::new();
     for &(users, rate) in loads {
         let mut variants: Vec<(&'static str, Contender, Option<u32>)> = vec![];
-        if let Some(nchan) = servers.nchan {
+        if let Some(nchan) = &servers.nchan {
             variants.push((
                 NCHAN,
                 Contender::Nchan {

@@ -12,8 +12,8 @@ use std::{error::Error, path::Path};
 use plotters::prelude::*;
 
 use crate::{
-    compare::{self, FLOOR, LONGPOLL, LatencyRow, NCHAN, Servers},
-    server::Contenders,
+    compare::{self, FLOOR, LONGPOLL, LatencyRow, NCHAN},
+    server::Servers,
     stats::ms,
 };
 
@@ -52,22 +52,7 @@ const DRAWN: [(&str, &str, RGBColor); 3] = [
 
 /// Runs both curves, prints their tables and the capacities, and draws the pictures.
 pub async fn run(options: Options) -> Result<(), Box<dyn Error>> {
-    let Contenders {
-        amqp_url,
-        library,
-        longpoll,
-        longpoll_without_metrics,
-        guide,
-    } = Contenders::start().await;
-    let nchan = compare::yardstick().await;
-    let servers = Servers {
-        longpoll: &longpoll,
-        longpoll_without_metrics: &longpoll_without_metrics,
-        guide: &guide,
-        nchan: nchan.as_ref(),
-        library: library.clone(),
-        amqp_url,
-    };
+    let servers = Servers::start().await;
     let only: Vec<String> = DRAWN.iter().map(|(short, ..)| short.to_string()).collect();
     let by_rate_loads: Vec<_> = options
         .rates
@@ -81,7 +66,7 @@ pub async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         .map(|&users| (users, options.rate_for_users))
         .collect();
     let by_users = compare::run(&servers, &by_users_loads, &only, 1, options.seconds).await;
-    library.close().await;
+    servers.library.close().await;
 
     let users = options.users;
     let rate_file = options.out.join("latency-by-rate.svg");

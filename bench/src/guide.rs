@@ -28,6 +28,7 @@ use longpoll::{
     event::Event,
     topology::{MAX_BATCH, QueueType, Subscriber},
 };
+use longpoll_local::{BrokerKind, Functions, cors};
 use tokio::{sync::Mutex, time::Instant};
 
 /// How often the guide checks the queue ("Check Interval: 0.3 seconds").
@@ -156,4 +157,24 @@ impl Poll for GuideBaseline {
 
 fn unreachable(error: lapin::Error) -> BrokerError {
     BrokerError::Unreachable(error.to_string())
+}
+
+/// `longpoll-bench guide-server`: the local server on the design guide's algorithm, for
+/// comparison; listens on LISTEN_ADDR (default 127.0.0.1:9100), uses AMQP_URL.
+pub async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    longpoll::telemetry::init();
+    let config = Config::from_env("longpoll-guide-baseline")?;
+    let guide = Arc::new(GuideBaseline::new(&config));
+    let broker = Arc::new(RabbitBroker::new(&config));
+    let mut functions = Functions::with_broker(config, broker, BrokerKind::RabbitMq)?;
+    functions.app = functions.app.with_poll(guide);
+    let functions = Arc::new(functions);
+    let address = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:9100".to_owned());
+    let listener = tokio::net::TcpListener::bind(&address).await?;
+    println!("guide baseline listening on http://{address}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    longpoll_local::serve(listener, functions, cors(&["*".to_owned()]), shutdown).await?;
+    Ok(())
 }

@@ -203,8 +203,31 @@ pub async fn offline_lookups(url: &str, lookups: usize) -> Vec<Duration> {
     times
 }
 
+/// `longpoll-bench herd`: reconnect herds (new users polling at once) and offline
+/// presence lookups against a running local server on the broker node `--node`.
+#[derive(clap::Args)]
+pub struct Options {
+    #[arg(long, default_value = "http://127.0.0.1:9000")]
+    pub url: String,
+    /// The broker node (`rabbitmqctl -n`): a private one.
+    #[arg(long)]
+    pub node: String,
+    /// Herd sizes, one herd each.
+    #[arg(long = "users", value_delimiter = ',', default_value = "1000,10000")]
+    pub herds: Vec<usize>,
+    /// Presence lookups of 100 offline users after the herds.
+    #[arg(long, default_value_t = 1000)]
+    pub lookups: usize,
+}
+
 /// The whole hostile run, printed: herds of each size, then the lookups.
-pub async fn run(url: &str, node: &str, herds: &[usize], lookups: usize) {
+pub async fn run(options: &Options) {
+    let (url, node, herds, lookups) = (
+        options.url.as_str(),
+        options.node.as_str(),
+        &options.herds,
+        options.lookups,
+    );
     for &users in herds {
         herd(url, node, users).await.print();
         tokio::time::sleep(Duration::from_secs(20)).await;

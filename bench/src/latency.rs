@@ -29,7 +29,16 @@ use crate::stats;
 
 const SECRET: &str = "bench-secret";
 
-pub async fn run(runs: usize, samples: usize) {
+/// `longpoll-bench latency`.
+#[derive(clap::Args)]
+pub struct Options {
+    #[arg(default_value_t = 5)]
+    pub runs: usize,
+    #[arg(default_value_t = 200)]
+    pub samples: usize,
+}
+
+pub async fn run(Options { runs, samples }: Options) {
     let url =
         std::env::var("AMQP_URL").unwrap_or_else(|_| longpoll::config::DEFAULT_AMQP_URL.to_owned());
     let mut config = Config::new(&url, Some(SECRET), "longpoll-bench");

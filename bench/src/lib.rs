@@ -48,3 +48,4 @@ pub mod server;
 pub mod soak;
 pub mod stats;
 pub mod suite;
+pub mod trips;

@@ -2,16 +2,26 @@
 //! as on Lambda Managed Instances (`longpoll_testkit::managed` drives it), and what that
 //! costs the process: resident memory and CPU, per thousand held polls.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use longpoll_testkit::managed::{hold_in_one_process, status};
 
+/// `longpoll-bench managed`: one poll-events process (`--binary`, run against a
+/// Runtime API on loopback) holding `--polls` polls at once on AMQP_URL, whose node is
+/// `--node`.
+#[derive(clap::Args)]
+pub struct Options {
+    #[arg(long)]
+    pub binary: PathBuf,
+    #[arg(long)]
+    pub node: String,
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub polls: Vec<usize>,
+}
+
 /// One run per count in `polls`, each with fresh users, on the broker at AMQP_URL.
-pub async fn run(
-    binary: &Path,
-    node: &str,
-    polls: &[usize],
-) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    let (binary, node, polls) = (&options.binary, options.node.as_str(), &options.polls);
     let amqp_url = std::env::var("AMQP_URL")?;
     println!(
         "| held polls in one process | AMQP connections | answered 200 with their event | RSS held | RSS per 1,000 held | peak RSS | CPU to hold them all | CPU for the round, per 1,000 |"

@@ -14,8 +14,7 @@ use std::{
     time::Duration,
 };
 
-use longpoll_testkit::server::free_port;
-use tokio::time::Instant;
+use longpoll_testkit::{ready::wait_until, server::free_port};
 
 /// Where Debian installs the module.
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
@@ -66,22 +65,21 @@ impl Nchan {
             url: format!("http://127.0.0.1:{port}"),
         };
         let client = reqwest::Client::new();
-        let started = Instant::now();
         let probe = format!("{}/pub/ready", nchan.url);
-        while !client
-            .post(&probe)
-            .body("ready")
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nginx did not start; see {}",
-                nchan.dir.join("error.log").display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!(
+            "nginx did not start; see {}",
+            nchan.dir.join("error.log").display()
+        );
+        wait_until(
+            what,
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async {
+                let publish = client.post(&probe).body("ready").send().await;
+                publish.is_ok_and(|answer| answer.status().is_success())
+            },
+        )
+        .await;
         nchan
     }
 }

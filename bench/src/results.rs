@@ -7,6 +7,22 @@
 use std::{path::Path, process::Command};
 
 /// Replaces `section` of the results file `results` with `output`, dated.
+/// `longpoll-bench record`: puts OUTPUT (a command's figures) into section SECTION of
+/// the results file, with the date, machine and versions.
+#[derive(clap::Args)]
+pub struct Options {
+    pub section: String,
+    pub output: std::path::PathBuf,
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    pub results: std::path::PathBuf,
+}
+
+/// [`record`]s the file `options.output` names.
+pub fn record_file(options: &Options) -> std::io::Result<()> {
+    let output = std::fs::read_to_string(&options.output)?;
+    record(&options.results, &options.section, &output)
+}
+
 pub fn record(results: &Path, section: &str, output: &str) -> std::io::Result<()> {
     let text = std::fs::read_to_string(results)?;
     let (start, end) = (

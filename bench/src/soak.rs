@@ -21,6 +21,49 @@ use crate::{
     stats,
 };
 
+/// `longpoll-bench soak`: pollers in cursor mode while the broker's connections are
+/// killed periodically.
+#[derive(clap::Args)]
+pub struct Options {
+    #[arg(long, default_value = "http://127.0.0.1:9000")]
+    pub url: String,
+    #[arg(long, default_value_t = 1000)]
+    pub pollers: usize,
+    #[arg(long, default_value_t = 600)]
+    pub seconds: u64,
+    #[arg(long, default_value_t = 100)]
+    pub publish_rate: u64,
+    /// Seconds between connection kills.
+    #[arg(long, default_value_t = 30)]
+    pub kill_every: u64,
+    /// The broker node (`rabbitmqctl -n`); a private one, never the shared broker.
+    #[arg(long)]
+    pub node: String,
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Poll as the guide does instead of in cursor mode.
+    #[arg(long)]
+    pub guide_mode: bool,
+}
+
+/// The soak of `options`, printed: whether it passed (nothing lost or duplicated, no
+/// 5xx other than 503).
+pub async fn judged(options: Options) -> bool {
+    let report = run(SoakOptions {
+        url: options.url,
+        pollers: options.pollers,
+        seconds: options.seconds,
+        publish_rate: options.publish_rate,
+        kill_every: Duration::from_secs(options.kill_every),
+        node: options.node,
+        server_pid: options.server_pid,
+        cursor: !options.guide_mode,
+    })
+    .await;
+    report.print();
+    report.passed()
+}
+
 pub struct SoakOptions {
     pub url: String,
     pub pollers: usize,

@@ -16,7 +16,7 @@ use crate::{
     load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
     probes::{self, Throughput},
     results,
-    server::{Contenders, Server, sibling},
+    server::{Server, Servers, sibling},
     stats::{self, median, ms},
 };
 
@@ -43,13 +43,13 @@ pub struct Options {
 }
 
 pub async fn run(options: Options) {
-    let Contenders {
+    let Servers {
         amqp_url,
         library,
         longpoll: ours,
         guide,
         ..
-    } = Contenders::start().await;
+    } = Servers::start().await;
     describe_machine(&amqp_url);
     let env = [("AMQP_URL", amqp_url.as_str())];
     let runs = options.runs.max(1);

@@ -37,6 +37,7 @@ pub mod moto;
 pub mod private_node;
 pub mod process;
 pub mod rabbitmqctl;
+pub mod ready;
 pub mod round_trips;
 pub mod runtime_api;
 pub mod scenario;

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use crate::ready::wait_until;
 use longpoll::{
     Config, RabbitBroker,
     broker::{Broker, Publication, Publish},
@@ -21,7 +22,6 @@ use longpoll::{
     topology::{Audience, UserId},
 };
 use serde_json::Value;
-use tokio::time::Instant;
 
 use crate::{
     Fixture, message,
@@ -209,15 +209,14 @@ pub async fn hold_in_one_process(
     publishing.amqp_timeout = Duration::from_secs(30);
     let publisher = RabbitBroker::new(&publishing);
     let publish = async {
-        let started = Instant::now();
-        while user_queue_consumers(node) < polls {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{} of {polls} polls held after 10 s",
-                user_queue_consumers(node)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let what = format!("not every one of {polls} polls held");
+        wait_until(
+            what,
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            || std::future::ready(user_queue_consumers(node) >= polls),
+        )
+        .await;
         let cpu_setting_up = cpu_time(pid) - cpu_before;
         let rss_kib = status_kib(pid, "VmRSS").unwrap_or_default();
         let connections = ctl(node, &["list_connections", "client_properties"])

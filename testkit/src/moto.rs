@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use crate::ready::wait_until;
 
 /// The AWS settings a client of moto needs (any credentials do).
 pub const AWS_ENVIRONMENT: [(&str, &str); 3] = [
@@ -55,17 +55,15 @@ impl Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
-        let started = Instant::now();
-        while reqwest::get(format!("{}/moto-api/", moto.endpoint))
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto's server did not start (pip install -r tests/infra/requirements.txt)"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let probe = format!("{}/moto-api/", moto.endpoint);
+        let what = "moto's server did not start (pip install -r tests/infra/requirements.txt)";
+        wait_until(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || async { reqwest::get(&probe).await.is_ok() },
+        )
+        .await;
         moto
     }
 }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use crate::ready::{answers, wait_until};
 
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -81,21 +81,15 @@ impl Server {
             url: format!("http://127.0.0.1:{port}"),
         };
         let client = reqwest::Client::new();
-        let started = Instant::now();
         let probe = format!("{}/api/v1/communication/poll/test/", server.url);
-        while !client
-            .get(&probe)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{} did not start",
-                program.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{} did not start", program.display());
+        wait_until(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || answers(&client, &probe),
+        )
+        .await;
         server
     }
 }

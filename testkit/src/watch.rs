@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use crate::ready::wait_until;
 
 /// A running `cargo lambda watch`; `base` is its invoke address.
 pub struct Watch {
@@ -74,23 +74,25 @@ impl Watch {
         // The first request starts the function (already built, so in seconds; the
         // generous limits are for a machine loaded by other tests).
         let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            let answer = client
-                .get(watch.url("poll/test/"))
-                .timeout(Duration::from_secs(300))
-                .send()
-                .await;
-            if answer.is_ok_and(|response| response.status() == 200) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(600),
-                "cargo lambda watch did not come up; see {}",
-                log_path.display()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let probe = watch.url("poll/test/");
+        let what = format!(
+            "cargo lambda watch did not come up; see {}",
+            log_path.display()
+        );
+        wait_until(
+            what,
+            Duration::from_secs(600),
+            Duration::from_millis(500),
+            || async {
+                let answer = client
+                    .get(&probe)
+                    .timeout(Duration::from_secs(300))
+                    .send()
+                    .await;
+                answer.is_ok_and(|response| response.status() == 200)
+            },
+        )
+        .await;
         for path in warm {
             let _ = client
                 .delete(watch.url(path))
