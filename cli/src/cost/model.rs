@@ -1,0 +1,280 @@
+//! The cost model: plain inputs in, an estimate per [`Mode`] out; see the module above
+//! for what it counts.
+
+/// What the browsers' and backends' requests arrive through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontDoor {
+    /// API Gateway's HTTP API: a price per request.
+    HttpApi,
+    /// An Application Load Balancer: an hourly price and capacity units.
+    Alb,
+}
+
+/// A single-instance Amazon MQ broker size's price, $ an hour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrokerPrice {
+    pub name: String,
+    pub hour: f64,
+}
+
+/// The ways of running it that the model compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Standard,
+    Managed,
+    Containers,
+}
+
+impl Mode {
+    /// Every mode, in the order the report shows them.
+    pub const ALL: [Mode; 3] = [Mode::Standard, Mode::Managed, Mode::Containers];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Standard => "standard Lambda",
+            Mode::Managed => "Lambda Managed Instances",
+            Mode::Containers => "local server in containers",
+        }
+    }
+}
+
+/// The longest hold the template allows (`PollHoldSeconds`): API Gateway's HTTP API
+/// stops an integration at 30 s, and a poll needs 1.5 s past its hold.
+pub const LONGEST_HOLD_SECONDS: f64 = 25.0;
+
+/// What the model is given: the load, the deployment's settings and the prices (each a
+/// flag of `longpoll cost`, see `args`).
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub users: u64,
+    pub hours_per_day: f64,
+    pub events_per_user_hour: f64,
+    pub days: f64,
+    pub hold_seconds: f64,
+    pub front_door: FrontDoor,
+    pub bytes_per_poll: f64,
+    pub log_bytes_per_poll: f64,
+    pub metric_bytes_per_poll: f64,
+    pub metric_bytes_per_flush: f64,
+    pub custom_metrics: u64,
+    pub metric_month: f64,
+    pub lambda_memory_gb: f64,
+    pub lambda_gb_second: f64,
+    pub lambda_per_million: f64,
+    pub http_api_per_million: f64,
+    pub log_per_gb: f64,
+    pub polls_per_environment: u64,
+    pub vcpus_per_environment: u64,
+    pub vcpus_per_instance: u64,
+    pub instance_hour: f64,
+    pub management_fee: f64,
+    pub min_instances: u64,
+    pub polls_per_task: u64,
+    pub min_tasks: u64,
+    pub task_hour: f64,
+    pub load_balancer_hour: f64,
+    pub lcu_hour: f64,
+    pub broker_prices: Vec<BrokerPrice>,
+}
+
+/// Amazon MQ for RabbitMQ sizes: name, connections, queues (AWS's sizing guidelines for
+/// single-instance brokers; docs/operations.md).
+const BROKER_SIZES: [(&str, u64, u64); 5] = [
+    ("mq.t3.micro", 500, 2_500),
+    ("mq.m5.large", 5_000, 30_000),
+    ("mq.m5.xlarge", 10_000, 60_000),
+    ("mq.m5.2xlarge", 20_000, 120_000),
+    ("mq.m5.4xlarge", 40_000, 240_000),
+];
+
+/// Queues per online user: their queue, its binding record, their presence queue.
+const QUEUES_PER_USER: u64 = 3;
+
+/// One way of running it, for one month.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub mode: Mode,
+    pub compute: f64,
+    pub requests: f64,
+    /// API Gateway, or the load balancer.
+    pub front: f64,
+    pub logs: f64,
+    /// The functions' metrics: their log bytes and CloudWatch's price per metric.
+    pub metrics: f64,
+    pub broker_size: String,
+    pub broker: f64,
+    pub connections: u64,
+    pub queues: u64,
+}
+
+impl Estimate {
+    pub fn total(&self) -> f64 {
+        self.compute + self.requests + self.front + self.logs + self.metrics + self.broker
+    }
+}
+
+/// An Application Load Balancer for a month: its hours, and the capacity units of the
+/// busiest dimension while users are online (each browser keeps one connection open,
+/// so new connections stay few).
+fn load_balancer(args: &Inputs, polls_per_hour: f64, lambda_targets: bool) -> f64 {
+    let online_hours = args.hours_per_day * args.days;
+    let gb_per_lcu_hour = if lambda_targets { 0.4 } else { 1.0 };
+    let lcus = (args.users as f64 / 3000.0)
+        .max(polls_per_hour * args.bytes_per_poll / 1e9 / gb_per_lcu_hour)
+        .max(1.0);
+    args.load_balancer_hour * 24.0 * args.days + lcus * args.lcu_hour * online_hours
+}
+
+/// Every mode's estimate, at `args.users`.
+pub struct Estimates([Estimate; 3]);
+
+impl Estimates {
+    /// The estimate of `mode`.
+    pub fn of(&self, mode: Mode) -> &Estimate {
+        &self.0[Mode::ALL
+            .iter()
+            .position(|m| *m == mode)
+            .expect("every mode")]
+    }
+
+    /// Each mode's estimate, in [`Mode::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = &Estimate> {
+        self.0.iter()
+    }
+}
+
+/// The estimates at `args.users`.
+pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
+    if !(args.hold_seconds > 0.0 && args.hold_seconds <= LONGEST_HOLD_SECONDS) {
+        return Err(format!(
+            "--hold-seconds must be above 0 and at most {LONGEST_HOLD_SECONDS} (the HTTP API stops an integration at 30 s)"
+        ));
+    }
+    let users = args.users as f64;
+    let online_hours = args.hours_per_day * args.days;
+    let month_hours = 24.0 * args.days;
+    let polls_per_user_hour = 3600.0 / args.hold_seconds + args.events_per_user_hour;
+    let polls = users * online_hours * polls_per_user_hour;
+    let logs = polls * args.log_bytes_per_poll / 1e9 * args.log_per_gb;
+    let lambda_front = match args.front_door {
+        FrontDoor::HttpApi => polls / 1e6 * args.http_api_per_million,
+        FrontDoor::Alb => load_balancer(args, users * polls_per_user_hour, true),
+    };
+    let lambda_requests = polls / 1e6 * args.lambda_per_million;
+    let metric_series = args.custom_metrics as f64 * args.metric_month;
+    let standard_metrics =
+        polls * args.metric_bytes_per_poll / 1e9 * args.log_per_gb + metric_series;
+    let queues = args.users * QUEUES_PER_USER;
+    let broker = |connections: u64| -> Result<(String, f64), String> {
+        let (name, price) = broker_size(&args.broker_prices, connections, queues)?;
+        Ok((name, price * month_hours))
+    };
+
+    // Standard: every online user holds one execution all the time they are online.
+    let gb_seconds = users * online_hours * 3600.0 * args.lambda_memory_gb;
+    let standard_connections = args.users;
+    let (size, broker_cost) = broker(standard_connections)?;
+    let standard = Estimate {
+        mode: Mode::Standard,
+        compute: gb_seconds * args.lambda_gb_second,
+        requests: lambda_requests,
+        front: lambda_front,
+        logs,
+        metrics: standard_metrics,
+        broker_size: size,
+        broker: broker_cost,
+        connections: standard_connections,
+        queues,
+    };
+
+    // Managed instances: environments for the peak, instances for their vCPUs.
+    let environments = args.users.div_ceil(args.polls_per_environment.max(1));
+    let peak_instances = (environments * args.vcpus_per_environment)
+        .div_ceil(args.vcpus_per_instance.max(1))
+        .max(args.min_instances);
+    let instance_hours = peak_instances as f64 * online_hours
+        + args.min_instances as f64 * (month_hours - online_hours);
+    let (size, broker_cost) = broker(environments)?;
+    // Every environment flushes once a second while it runs: the peak's while users are
+    // online, one per instance kept off-peak.
+    let environment_seconds = 3600.0
+        * (environments as f64 * online_hours
+            + args.min_instances as f64 * (month_hours - online_hours));
+    let managed_metrics =
+        environment_seconds * args.metric_bytes_per_flush / 1e9 * args.log_per_gb + metric_series;
+    let managed = Estimate {
+        mode: Mode::Managed,
+        compute: instance_hours * args.instance_hour * (1.0 + args.management_fee),
+        requests: lambda_requests,
+        front: lambda_front,
+        logs,
+        metrics: managed_metrics,
+        broker_size: size,
+        broker: broker_cost,
+        connections: environments,
+        queues,
+    };
+
+    // Containers: local-server tasks behind a load balancer.
+    let tasks = args
+        .users
+        .div_ceil(args.polls_per_task.max(1))
+        .max(args.min_tasks);
+    let task_hours =
+        tasks as f64 * online_hours + args.min_tasks as f64 * (month_hours - online_hours);
+    let (size, broker_cost) = broker(tasks)?;
+    let containers = Estimate {
+        mode: Mode::Containers,
+        compute: task_hours * args.task_hour,
+        requests: 0.0,
+        front: load_balancer(args, users * polls_per_user_hour, false),
+        logs,
+        // Prometheus scrapes the local server's /metrics: nothing to ingest or buy.
+        metrics: 0.0,
+        broker_size: size,
+        broker: broker_cost,
+        connections: tasks,
+        queues,
+    };
+    Ok(Estimates([standard, managed, containers]))
+}
+
+/// The smallest broker size whose limits fit `connections` and `queues`, and its price.
+fn broker_size(
+    prices: &[BrokerPrice],
+    connections: u64,
+    queues: u64,
+) -> Result<(String, f64), String> {
+    for (name, max_connections, max_queues) in BROKER_SIZES {
+        if connections > max_connections || queues > max_queues {
+            continue;
+        }
+        let price = prices
+            .iter()
+            .find(|price| price.name == name)
+            .ok_or_else(|| format!("the broker prices have none for {name}"))?;
+        return Ok((name.to_owned(), price.hour));
+    }
+    Err(format!(
+        "{connections} connections and {queues} queues are more than one broker holds (mq.m5.4xlarge: 40,000 and 240,000); split the users over several"
+    ))
+}
+
+/// The fewest online users (from 100 up to 100,000) at which `cheaper` costs less than
+/// `than` a month, every other setting as given.
+pub fn crossover(args: &Inputs, cheaper: Mode, than: Mode) -> Option<u64> {
+    let mut users = 100;
+    while users <= 100_000 {
+        let at = Inputs {
+            users,
+            ..args.clone()
+        };
+        if let Ok(estimates) = estimate(&at)
+            && estimates.of(cheaper).total() < estimates.of(than).total()
+        {
+            return Some(users);
+        }
+        users += if users < 1_000 { 100 } else { 500 };
+    }
+    None
+}
