@@ -4,7 +4,13 @@
 
 use std::time::Duration;
 
-use longpoll::topology::{Audience, Subscriber};
+use longpoll::{
+    broker::user_queue_table,
+    topology::{
+        Audience, QUORUM_DELIVERY_LIMIT, QueueType, SINGLE_ACTIVE_CONSUMER, Subscriber,
+        binding_record_queue_name, presence_queue_name,
+    },
+};
 use longpoll_testkit::*;
 use tokio::time::Instant;
 
@@ -532,11 +538,16 @@ async fn rabbitmq_rebinds_a_user_whose_old_college_another_process_bound() {
     assert!(fresh.routed);
 }
 
-/// The queues RabbitMQ holds carry exactly the contract's properties.
-#[tokio::test]
-async fn rabbitmq_queues_carry_the_contract_arguments() {
+/// The queues RabbitMQ holds carry exactly the contract's properties, for either kind of
+/// user queue. A quorum user queue (the cluster's model) adds a delivery limit that no
+/// cursor client reaches and a single active consumer; its binding record and the
+/// presence queue stay classic (one Raft group per user, not three).
+async fn queues_carry_the_contract_arguments(queue_type: QueueType) {
     let config = config(&unique_name("conformance"));
-    let broker = rabbit(&config);
+    let broker = match queue_type {
+        QueueType::Classic => rabbit(&config),
+        QueueType::Quorum => rabbit_quorum(&config),
+    };
     let user = subscriber(unique_user(), Some(unique_college()));
     declare(&*broker, &user).await;
     broker
@@ -547,13 +558,26 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     let (arguments, durable, auto_delete) =
         queue_on_broker(&user.queue_name()).expect("the user queue exists");
     assert!(durable && !auto_delete);
-    assert_eq!(arguments["x-queue-type"], "classic");
+    assert_eq!(arguments["x-queue-type"], queue_type.as_str());
     assert_eq!(arguments["x-max-length"], 100);
     assert_eq!(arguments["x-overflow"], "drop-head");
     assert_eq!(arguments["x-message-ttl"], 1_800_000);
     assert_eq!(arguments["x-expires"], 1_800_000);
+    match queue_type {
+        QueueType::Classic => {
+            assert!(arguments.get("x-delivery-limit").is_none());
+            assert!(arguments.get(SINGLE_ACTIVE_CONSUMER).is_none());
+        }
+        QueueType::Quorum => {
+            assert_eq!(arguments["x-delivery-limit"], QUORUM_DELIVERY_LIMIT);
+            assert_eq!(arguments[SINGLE_ACTIVE_CONSUMER], true);
+        }
+    }
 
-    let presence = longpoll::topology::presence_queue_name(user.user_id);
+    let record = binding_record_queue_name(&user.queue_name());
+    let (arguments, _, _) = queue_on_broker(&record).expect("the binding record exists");
+    assert_eq!(arguments["x-queue-type"], "classic");
+    let presence = presence_queue_name(user.user_id);
     let (arguments, durable, auto_delete) =
         queue_on_broker(&presence).expect("the presence queue exists");
     assert!(durable && auto_delete);
@@ -585,7 +609,7 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
             .await
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let mut different = lapin::types::FieldTable::default();
+    let mut different = user_queue_table(queue_type);
     different.insert(
         "x-max-length".into(),
         lapin::types::AMQPValue::LongLongInt(99),
@@ -609,36 +633,14 @@ async fn rabbitmq_queues_carry_the_contract_arguments() {
     connection.close(200, "done".into()).await.ok();
 }
 
-/// The cluster's model: the user queue is a quorum queue with the same contract
-/// arguments, plus a delivery limit that no cursor client reaches; its binding record
-/// and the presence queue stay classic (one Raft group per user, not three).
 #[tokio::test]
-async fn rabbitmq_quorum_user_queues_carry_the_contract_arguments() {
-    let broker = rabbit_quorum(&config(&unique_name("conformance")));
-    let user = subscriber(unique_user(), Some(unique_college()));
-    declare(&*broker, &user).await;
-    broker
-        .mark_online(user.user_id, None, &PollBudget::until(in_a_while()))
-        .await
-        .unwrap();
-    let (arguments, durable, auto_delete) =
-        queue_on_broker(&user.queue_name()).expect("the user queue exists");
-    assert!(durable && !auto_delete);
-    assert_eq!(arguments["x-queue-type"], "quorum");
-    assert_eq!(arguments["x-max-length"], 100);
-    assert_eq!(arguments["x-overflow"], "drop-head");
-    assert_eq!(arguments["x-message-ttl"], 1_800_000);
-    assert_eq!(arguments["x-expires"], 1_800_000);
-    assert_eq!(
-        arguments["x-delivery-limit"],
-        longpoll::topology::QUORUM_DELIVERY_LIMIT
-    );
-    let record = longpoll::topology::binding_record_queue_name(&user.queue_name());
-    let (arguments, _, _) = queue_on_broker(&record).expect("the binding record exists");
-    assert_eq!(arguments["x-queue-type"], "classic");
-    let presence = longpoll::topology::presence_queue_name(user.user_id);
-    let (arguments, _, _) = queue_on_broker(&presence).expect("the presence queue exists");
-    assert_eq!(arguments["x-queue-type"], "classic");
+async fn rabbitmq_classic_queues_carry_the_contract_arguments() {
+    queues_carry_the_contract_arguments(QueueType::Classic).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_quorum_queues_carry_the_contract_arguments() {
+    queues_carry_the_contract_arguments(QueueType::Quorum).await;
 }
 
 /// A message a producer published with no `message_id` gets an id that is the same on

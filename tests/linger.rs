@@ -32,14 +32,10 @@ async fn the_consumer_outlives_the_poll() {
 
     publish(&*broker, Audience::User(user.user_id), &message(1)).await;
     let started = Instant::now();
-    let events = broker
-        .wait_for_events(
-            &user,
-            &PollBudget::until(Instant::now() + Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(events.iter().map(message_data_id).collect::<Vec<_>>(), [1]);
+    assert_eq!(
+        polled_ids(&*broker, &user, Duration::from_secs(5)).await,
+        [1]
+    );
     assert!(started.elapsed() < Duration::from_millis(200));
     assert_eq!(consumers_on(&user.queue_name()), 1, "still one consumer");
     broker.close().await;
@@ -61,15 +57,8 @@ async fn a_lingered_out_consumer_gives_its_events_back() {
     tokio::time::sleep(LINGER * 3).await;
     assert_eq!(consumers_on(&user.queue_name()), 0, "cancelled");
     let other = rabbit(&longpoll_testkit::config(&unique_name("linger-other")));
-    let events = other
-        .wait_for_events(
-            &user,
-            &PollBudget::until(Instant::now() + Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        events.iter().map(message_data_id).collect::<Vec<_>>(),
+        polled_ids(&*other, &user, Duration::from_secs(5)).await,
         [1, 2, 3]
     );
     lingering.close().await;

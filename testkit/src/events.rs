@@ -48,6 +48,18 @@ pub fn message_data_id(event: &longpoll::event::Event) -> i64 {
         .expect("a message event with an id")
 }
 
+/// One poll of `subscriber`, held at most `hold`, in the guide's mode: the ids of the
+/// message events it answered ([`message_data_id`]), in order. Panics on a broker error.
+pub async fn polled_ids(broker: &dyn Broker, subscriber: &Subscriber, hold: Duration) -> Vec<i64> {
+    broker
+        .wait_for_events(subscriber, &PollBudget::until(Instant::now() + hold))
+        .await
+        .expect("a poll")
+        .iter()
+        .map(message_data_id)
+        .collect()
+}
+
 /// Publishes one event and returns its receipt.
 pub async fn publish(broker: &dyn Broker, audience: Audience, body: &EventBody) -> Receipt {
     let receipts = broker
