@@ -43,7 +43,7 @@ pub struct Report {
     /// That user's polls over the gap: what kept them waiting.
     pub gap_trace: String,
     /// The product's failed broker operations, by operation and cause, where it exports
-    /// them ([`Product::broker_failures`]).
+    /// them ([`super::Product::broker_failures`]).
     pub broker_failures: String,
     /// Publish (start) to first receipt, for each routed event received, sorted.
     pub latencies: Vec<Duration>,
