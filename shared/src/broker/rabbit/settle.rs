@@ -38,6 +38,7 @@ impl RabbitBroker {
                     let prefix = (0..taken.deliveries.len())
                         .take_while(|index| remove(*index))
                         .count();
+                    let mut acked = prefix > 0;
                     if let Some(last) = prefix.checked_sub(1) {
                         let through = BasicAckOptions { multiple: true };
                         taken.deliveries[last].acker.ack(through).await?;
@@ -47,9 +48,9 @@ impl RabbitBroker {
                     for (index, delivery) in taken.deliveries.iter().enumerate().skip(prefix) {
                         if remove(index) {
                             delivery.acker.ack(BasicAckOptions::default()).await?;
+                            acked = true;
                         }
                     }
-                    let acked = (0..taken.deliveries.len()).any(&remove);
                     // Acks have no reply, and a close right behind them gave acked
                     // events back to the queue now and then (a later poll saw them
                     // again; tests/conformance.rs, 3.10). A `basic.qos` that changes
