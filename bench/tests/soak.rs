@@ -15,7 +15,7 @@ use longpoll_testkit::private_node::PrivateNode;
 async fn a_minute_of_pollers_and_connection_kills_loses_and_duplicates_nothing() {
     let node = PrivateNode::start(None);
     let config = Config::new(&node.url(), None, "longpoll-local");
-    let functions = Arc::new(Functions::new(config, BrokerKind::RabbitMq).unwrap());
+    let functions = Arc::new(Functions::new(config, BrokerKind::RabbitMq).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(

@@ -36,7 +36,7 @@ use futures_lite::future::Boxed;
 use lambda_http::{Body, Request, Response};
 use longpoll::{
     App, Broker, Config, MemoryBroker, RabbitBroker,
-    broker::LingeringBroker,
+    broker::{self, LingeringBroker},
     config::ConfigError,
     http::{ApiError, json_response},
     publish::MAX_BODY_BYTES,
@@ -79,20 +79,22 @@ pub struct Functions {
 impl Functions {
     /// Builds the functions on `kind`, filling in development secrets where the
     /// configuration has none.
-    pub fn new(config: Config, kind: BrokerKind) -> Result<Self, ConfigError> {
+    ///
+    /// With several brokers (`AMQP_URLS`), one of each per broker behind a
+    /// [`longpoll::broker::ShardedBroker`], whose shard records are checked first: a
+    /// broker that records another place in the slot table is an error.
+    pub async fn new(config: Config, kind: BrokerKind) -> Result<Self, ConfigError> {
         let broker: Arc<dyn Broker> = match kind {
             BrokerKind::Memory => Arc::new(
                 MemoryBroker::new(config.presence_ttl)
                     .with_max_devices_per_user(config.max_devices_per_user),
             ),
-            // One long-running process serves every user here, so each user's consumer
-            // may outlive their poll: an idle re-poll then costs the broker nothing.
-            BrokerKind::RabbitMq if config.queue_type == QueueType::Classic => Arc::new(
-                LingeringBroker::new(RabbitBroker::new(&config), CONSUMER_LINGER),
-            ),
-            // Quorum queues (a cluster): a consumer per poll, as on Lambda; see
-            // `LingeringBroker::new`.
-            BrokerKind::RabbitMq => Arc::new(RabbitBroker::new(&config)),
+            BrokerKind::RabbitMq => broker::open(&config, rabbitmq_for_a_server)
+                .await
+                .map_err(|stale| ConfigError::Invalid {
+                    var: "AMQP_URLS",
+                    reason: stale.to_string(),
+                })?,
         };
         Self::with_broker(config, broker, kind)
     }
@@ -118,6 +120,21 @@ impl Functions {
             broker,
             kind,
         })
+    }
+}
+
+/// One broker's RabbitMQ, as a long-running server uses it.
+fn rabbitmq_for_a_server(config: &Config) -> Arc<dyn Broker> {
+    match config.queue_type {
+        // One long-running process serves every user here, so each user's consumer may
+        // outlive their poll: an idle re-poll then costs the broker nothing.
+        QueueType::Classic => Arc::new(LingeringBroker::new(
+            RabbitBroker::new(config),
+            CONSUMER_LINGER,
+        )),
+        // Quorum queues (a cluster): a consumer per poll, as on Lambda; see
+        // `LingeringBroker::new`.
+        QueueType::Quorum => Arc::new(RabbitBroker::new(config)),
     }
 }
 

@@ -80,7 +80,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         BrokerKind::Memory
     };
     let using_dev_secret = config.jwt_secret.is_none();
-    let functions = Arc::new(Functions::new(config, kind)?);
+    let functions = Arc::new(Functions::new(config, kind).await?);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
     // What the banner says of the metrics: their URL, or why there are none.
@@ -133,7 +133,20 @@ async fn print_banner(functions: &Functions, base: &str, metrics: &str, using_de
     match functions.kind {
         BrokerKind::Memory => println!("broker: in memory (set AMQP_URL to use RabbitMQ)"),
         BrokerKind::RabbitMq => {
-            let url = config.redacted_amqp_url();
+            let url = match config.sharded() {
+                false => config.redacted_amqp_url(),
+                true => format!(
+                    "{} brokers, users placed by slot ({}): {}",
+                    config.amqp_urls.len(),
+                    config.slots.to_setting(),
+                    config
+                        .amqp_urls
+                        .iter()
+                        .map(|url| longpoll::config::redact_url(url))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
             // Any operation connects; an empty presence lookup is the cheapest one.
             match functions.broker.is_online(&[], None).await {
                 Ok(_) => println!("broker: RabbitMQ at {url}"),

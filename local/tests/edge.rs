@@ -215,7 +215,7 @@ async fn one_user_holds_at_most_the_per_user_cap() {
     config.jwt_secret = None;
     config.max_polls_per_user = 3;
     config.poll_timeout = Duration::from_secs(2);
-    let functions = Arc::new(Functions::new(config, BrokerKind::RabbitMq).unwrap());
+    let functions = Arc::new(Functions::new(config, BrokerKind::RabbitMq).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let limits = edge::Limits::for_hold(Duration::from_secs(2));

@@ -382,7 +382,7 @@ fn the_openapi_document_describes_the_route_table() {
 #[tokio::test]
 async fn the_local_server_serves_each_route_with_its_method() {
     let config = longpoll::Config::new(longpoll::config::DEFAULT_AMQP_URL, None, "routes");
-    let functions = Functions::new(config, BrokerKind::Memory).unwrap();
+    let functions = Functions::new(config, BrokerKind::Memory).await.unwrap();
     let app = router(Arc::new(functions), cors(&[]));
     for route in routes() {
         let wrong = if route.method == "GET" {

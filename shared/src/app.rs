@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lambda_http::{Request, http::header};
 
 use crate::{
-    broker::{Broker, Poll, Presence, RabbitBroker},
+    broker::{self, Broker, Poll, Presence, RabbitBroker},
     config::{Config, ConfigError},
     held::HeldPolls,
     http::{ApiError, query_param},
@@ -28,6 +28,18 @@ pub struct App {
     pub presence: Arc<dyn Presence>,
     /// The polls each user holds now, against `config.max_polls_per_user`.
     pub held_polls: Arc<HeldPolls>,
+}
+
+/// The RabbitMQ broker of a function: one [`RabbitBroker`], or one per broker of
+/// `AMQP_URLS` behind a [`crate::broker::ShardedBroker`]. A broker that records another
+/// place in the slot table is a configuration error: the process must not start.
+pub async fn open_rabbitmq(config: &Config) -> Result<Arc<dyn Broker>, ConfigError> {
+    broker::open(config, |config| Arc::new(RabbitBroker::new(config)))
+        .await
+        .map_err(|stale| ConfigError::Invalid {
+            var: "AMQP_URLS",
+            reason: stale.to_string(),
+        })
 }
 
 impl App {
@@ -53,10 +65,11 @@ impl App {
     /// The Lambda set-up: configuration from the environment (and Secrets Manager, see
     /// [`Config::load`]) and RabbitMQ, connected lazily on the first request (so a cold
     /// start never waits for the broker, and a broker outage is a 503 rather than a
-    /// crash loop).
+    /// crash loop). With several brokers, each one's shard record is checked first (see
+    /// [`open_rabbitmq`]).
     pub async fn load(function: &str) -> Result<Self, ConfigError> {
         let config = Config::load(function).await?;
-        let broker = Arc::new(RabbitBroker::new(&config));
+        let broker = open_rabbitmq(&config).await?;
         Self::new(config, broker)
     }
 

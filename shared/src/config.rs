@@ -3,7 +3,7 @@
 
 use std::{env, fmt, time::Duration};
 
-use crate::{secrets::SecretError, topology::QueueType};
+use crate::{secrets::SecretError, shard::SlotTable, topology::QueueType};
 
 pub use crate::held::DEFAULT_MAX_POLLS_PER_USER;
 
@@ -51,9 +51,15 @@ impl From<SecretError> for ConfigError {
 pub struct Config {
     /// Broker URL (`amqp://` or `amqps://`); holds a password, so never printed whole.
     pub amqp_url: String,
-    /// Whether a broker was configured (`AMQP_URL` or its secret) rather than defaulted:
-    /// the local server then runs on RabbitMQ instead of in memory.
+    /// Whether a broker was configured (`AMQP_URL`, `AMQP_URLS` or a secret) rather than
+    /// defaulted: the local server then runs on RabbitMQ instead of in memory.
     pub amqp_url_given: bool,
+    /// Every broker, in the order of `AMQP_URLS` (each a shard: a single node or a
+    /// cluster's endpoint); just `amqp_url` when one broker is configured. The first is
+    /// `amqp_url`.
+    pub amqp_urls: Vec<String>,
+    /// Which of `amqp_urls` holds each user (`AMQP_SLOTS`; even ranges by default).
+    pub slots: SlotTable,
     /// Shared secret for HS256 user tokens; required by the functions that take a user
     /// token (see [`Config::require_jwt_secret`]).
     pub jwt_secret: Option<Vec<u8>>,
@@ -139,15 +145,15 @@ impl Config {
                 }),
             }
         };
-        let given_url = get("AMQP_URL");
-        let amqp_url_given = given_url.is_some();
-        let amqp_url = given_url.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError::Invalid {
-                var: "AMQP_URL",
-                reason: "expected an amqp:// or amqps:// URL".to_owned(),
-            });
+        let (amqp_urls, amqp_url_given) = broker_urls(get("AMQP_URL"), get("AMQP_URLS"))?;
+        let slots = match get("AMQP_SLOTS") {
+            None => SlotTable::even(amqp_urls.len()),
+            Some(text) => SlotTable::parse(&text, amqp_urls.len()),
         }
+        .map_err(|error| ConfigError::Invalid {
+            var: "AMQP_SLOTS",
+            reason: error.to_string(),
+        })?;
         let jwt_secret = get("JWT_SECRET");
         if let Some(secret) = &jwt_secret
             && secret.len() < MIN_JWT_SECRET_BYTES
@@ -162,8 +168,10 @@ impl Config {
             });
         }
         Ok(Self {
-            amqp_url,
+            amqp_url: amqp_urls[0].clone(),
             amqp_url_given,
+            amqp_urls,
+            slots,
             jwt_secret: jwt_secret.map(String::into_bytes),
             jwt_issuer: get("JWT_ISSUER"),
             jwt_audience: get("JWT_AUDIENCE"),
@@ -203,6 +211,8 @@ impl Config {
         Self {
             amqp_url: amqp_url.to_owned(),
             amqp_url_given: true,
+            amqp_urls: vec![amqp_url.to_owned()],
+            slots: SlotTable::even(1).expect("one broker"),
             jwt_secret: jwt_secret.map(|secret| secret.as_bytes().to_vec()),
             jwt_issuer: None,
             jwt_audience: None,
@@ -230,12 +240,96 @@ impl Config {
     pub fn redacted_amqp_url(&self) -> String {
         redact_url(&self.amqp_url)
     }
+
+    /// Whether users are spread over several brokers.
+    pub fn sharded(&self) -> bool {
+        self.amqp_urls.len() > 1
+    }
+
+    /// The configuration of one shard's broker: its URL alone, and a connection name that
+    /// says which shard it is (`poll-events#shard-1`).
+    pub fn shard(&self, index: usize) -> Config {
+        let url = self.amqp_urls[index].clone();
+        Config {
+            amqp_url: url.clone(),
+            amqp_urls: vec![url],
+            slots: SlotTable::even(1).expect("one broker"),
+            connection_name: format!("{}#shard-{index}", self.connection_name),
+            ..self.clone()
+        }
+    }
+}
+
+/// The brokers: `AMQP_URL` (one), or `AMQP_URLS` (comma-separated, one per shard), or
+/// the local default; and whether any was given. Each must be an AMQP URL, none empty
+/// and none twice (the same host, port and vhost, whatever the credentials).
+fn broker_urls(
+    single: Option<String>,
+    list: Option<String>,
+) -> Result<(Vec<String>, bool), ConfigError> {
+    let invalid = |var, reason: String| ConfigError::Invalid { var, reason };
+    let (var, urls) = match (single, list) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "AMQP_URLS",
+                "set AMQP_URL (one broker) or AMQP_URLS (several), not both".to_owned(),
+            ));
+        }
+        (Some(url), None) => ("AMQP_URL", vec![url.trim().to_owned()]),
+        (None, Some(list)) => (
+            "AMQP_URLS",
+            list.split(',').map(|url| url.trim().to_owned()).collect(),
+        ),
+        (None, None) => return Ok((vec![DEFAULT_AMQP_URL.to_owned()], false)),
+    };
+    let mut seen: Vec<String> = Vec::with_capacity(urls.len());
+    for (index, url) in urls.iter().enumerate() {
+        let which = match var {
+            "AMQP_URLS" => format!("broker {index} ({})", redact_url(url)),
+            _ => "it".to_owned(),
+        };
+        if url.is_empty() {
+            return Err(invalid(var, format!("broker {index} is empty")));
+        }
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(invalid(
+                var,
+                format!("{which}: expected an amqp:// or amqps:// URL"),
+            ));
+        }
+        let place = broker_place(url);
+        if let Some(first) = seen.iter().position(|other| *other == place) {
+            return Err(invalid(
+                var,
+                format!("{which} is broker {first} again: each broker is listed once"),
+            ));
+        }
+        seen.push(place);
+    }
+    Ok((urls, true))
+}
+
+/// What names a broker in a URL, credentials left out: scheme, host and port (lower
+/// case), and vhost.
+fn broker_place(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let (host, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    format!("{scheme}://{}/{vhost}", host.to_ascii_lowercase())
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("amqp_url", &self.redacted_amqp_url())
+            .field(
+                "amqp_urls",
+                &self
+                    .amqp_urls
+                    .iter()
+                    .map(|url| redact_url(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("slots", &self.slots)
             .field("jwt_secret", &"<redacted>")
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
@@ -366,6 +460,65 @@ mod tests {
         ])
         .unwrap_err();
         assert!(error.to_string().starts_with("AMQP_URL is invalid"));
+    }
+
+    #[test]
+    fn several_brokers_are_listed_once_each() {
+        let urls = "amqp://a:1@b-1.example:5671/%2f, amqp://a:2@B-2.example:5671/%2f";
+        let sharded = config(&[("AMQP_URLS", urls)]).unwrap();
+        assert!(sharded.sharded());
+        assert_eq!(sharded.amqp_url, "amqp://a:1@b-1.example:5671/%2f");
+        assert_eq!(sharded.amqp_urls.len(), 2);
+        assert_eq!(
+            sharded.slots.to_setting(),
+            "0-8191:0,8192-16383:1",
+            "even by default"
+        );
+        let second = sharded.shard(1);
+        assert_eq!(second.amqp_url, "amqp://a:2@B-2.example:5671/%2f");
+        assert!(!second.sharded());
+        assert_eq!(second.connection_name, "poll-events#shard-1");
+        assert!(!config(&[]).unwrap().sharded());
+    }
+
+    #[test]
+    fn a_bad_broker_list_or_table_is_refused_at_start() {
+        let refused = [
+            (
+                vec![("AMQP_URLS", " , ")],
+                "AMQP_URLS is invalid: broker 0 is empty",
+            ),
+            (vec![("AMQP_URLS", "amqp://h1/,")], "broker 1 is empty"),
+            (vec![("AMQP_URLS", "amqp://h1/,http://h2/")], "broker 1"),
+            (
+                vec![("AMQP_URLS", "amqp://u:p@h1:5672/%2f,amqp://v:q@H1:5672/%2f")],
+                "broker 1 (amqp://v:***@H1:5672/%2f) is broker 0 again",
+            ),
+            (
+                vec![("AMQP_URLS", "amqp://h1/"), ("AMQP_URL", "amqp://h1/")],
+                "not both",
+            ),
+            (
+                vec![
+                    ("AMQP_URLS", "amqp://h1/,amqp://h2/"),
+                    ("AMQP_SLOTS", "0-100:0"),
+                ],
+                "AMQP_SLOTS is invalid: slot 101 has no broker",
+            ),
+            (
+                vec![
+                    ("AMQP_URLS", "amqp://h1/,amqp://h2/"),
+                    ("AMQP_SLOTS", "0-16383:0"),
+                ],
+                "broker 1 holds no slot",
+            ),
+        ];
+        for (vars, expected) in refused {
+            let error = config(&vars).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{vars:?}: {error}");
+        }
+        // Vhosts tell brokers apart: one RabbitMQ may serve two shards.
+        assert!(config(&[("AMQP_URLS", "amqp://h1/a,amqp://h1/b")]).is_ok());
     }
 
     #[test]

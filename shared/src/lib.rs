@@ -19,6 +19,8 @@
 //!      the SAM template all follow them. And the poll's hold header.
 //!    - [`topology`]: queue and exchange names, routing keys and queue arguments: the one
 //!      place the contract's AMQP layout is written down.
+//!    - [`shard`]: placement, which of several brokers (`AMQP_URLS`) holds a user: a
+//!      slot from the user id, and the table of each slot's broker.
 //!    - [`drain`]: a stopping function process ends every hold at once, so its polls
 //!      answer instead of being cut off.
 //!    - [`metrics`]: what the service measures, one set of names for the local server's
@@ -70,6 +72,7 @@ pub mod metrics;
 pub mod publish;
 pub mod routes;
 pub mod secrets;
+pub mod shard;
 pub mod telemetry;
 pub mod token;
 pub mod topology;

@@ -13,7 +13,8 @@ use lambda_http::{
     http::{Method, StatusCode},
 };
 use longpoll::{
-    Config, RabbitBroker,
+    Config,
+    app::open_rabbitmq,
     broker::Publish,
     config::ConfigError,
     http::{ApiError, json_response, require_method, respond},
@@ -43,7 +44,7 @@ impl Publisher {
     /// [`Config::load`]), RabbitMQ connected lazily.
     pub async fn load() -> Result<Self, ConfigError> {
         let config = Config::load("publish-event").await?;
-        Self::new(&config, Arc::new(RabbitBroker::new(&config)))
+        Self::new(&config, open_rabbitmq(&config).await?)
     }
 }
 

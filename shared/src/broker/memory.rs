@@ -21,6 +21,7 @@ use crate::{
     budget::PollBudget,
     config::DEFAULT_MAX_DEVICES_PER_USER,
     event::{Event, epoch_seconds},
+    shard::ShardRecord,
     topology::{
         CollegeId, MAX_BATCH, MAX_QUEUE_LENGTH, QUEUE_MESSAGE_TTL, Subscriber, USER_QUEUE_EXPIRES,
         UserId,
@@ -47,6 +48,8 @@ struct State {
     /// User → when their presence lapses, and their college.
     presence: HashMap<UserId, (Instant, Option<CollegeId>)>,
     last_sweep: Option<Instant>,
+    /// The shard record claimed first, as RabbitMQ keeps it (see [`Broker::claim_shard`]).
+    shard_record: Option<String>,
 }
 
 struct Queue {
@@ -334,10 +337,7 @@ impl Publish for MemoryBroker {
                 queue.arrivals.notify_waiters();
                 routed = true;
             }
-            receipts.push(Receipt {
-                id: outgoing.id.clone(),
-                routed,
-            });
+            receipts.push(Receipt::new(outgoing.id.clone(), routed));
         }
         Ok(receipts)
     }
@@ -406,4 +406,23 @@ impl Presence for MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {}
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn claim_shard(&self, record: &ShardRecord) -> Result<(), BrokerError> {
+        let claimed = record.as_argument();
+        let mut state = self.state();
+        match &state.shard_record {
+            Some(current) if *current != claimed => Err(BrokerError::Refused {
+                operation: "shard record",
+                reason: format!(
+                    "inequivalent arg 'alternate-exchange': received '{claimed}' but current is '{current}'"
+                ),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                state.shard_record = Some(claimed);
+                Ok(())
+            }
+        }
+    }
+}

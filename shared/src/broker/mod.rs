@@ -7,6 +7,9 @@
 //! - [`MemoryBroker`] keeps the same queues in process, with the same rules, for the
 //!   zero-setup local run and fast handler tests.
 //!
+//! - [`ShardedBroker`] spreads users over several brokers (`AMQP_URLS`), each of them
+//!   one of the above.
+//!
 //! [`check`] is the operator's probe of a broker (`longpoll check-rabbitmq`).
 //!
 //! Both pass one conformance suite (`tests/conformance.rs`), so a handler cannot tell
@@ -16,15 +19,18 @@ pub mod check;
 mod devices;
 mod memory;
 mod rabbit;
+mod sharded;
 
 pub use memory::MemoryBroker;
 pub use rabbit::{LingeringBroker, RabbitBroker, Tail, user_queue_table};
+pub use sharded::{ShardedBroker, StaleShard, open};
 
 use async_trait::async_trait;
 
 use crate::{
     budget::PollBudget,
     event::{Event, OutgoingEvent},
+    shard::ShardRecord,
     topology::{Audience, CollegeId, Subscriber, UserId},
 };
 
@@ -94,6 +100,22 @@ pub struct Receipt {
     pub id: String,
     /// False when no queue took the event: nobody of that audience is polling.
     pub routed: bool,
+    /// With users on several brokers: the brokers (numbered as `AMQP_URLS` lists them) a
+    /// college event did not reach because they were down; their members did not get
+    /// it. Empty, and left out of the answer, otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreached_shards: Vec<usize>,
+}
+
+impl Receipt {
+    /// The receipt of an event that reached every broker it was sent to.
+    pub fn new(id: String, routed: bool) -> Self {
+        Self {
+            id,
+            routed,
+            unreached_shards: Vec::new(),
+        }
+    }
 }
 
 /// Publishing: what the publish endpoint needs.
@@ -164,6 +186,12 @@ pub trait Presence: Send + Sync + 'static {
 /// A whole broker: every capability, and the connection behind them.
 #[async_trait]
 pub trait Broker: Publish + Poll + Presence {
+    /// Makes sure this broker serves the part of the slot table `record` names: records
+    /// it if the broker holds no record yet, and refuses ([`BrokerError::Refused`],
+    /// naming both records) if it holds another. A deployment that lists several
+    /// brokers checks each before using it (see [`ShardedBroker`]).
+    async fn claim_shard(&self, record: &ShardRecord) -> Result<(), BrokerError>;
+
     /// Releases the broker connection (graceful shutdown of a long-running server).
     async fn close(&self) {}
 }

@@ -23,6 +23,8 @@
 //! - `poll`: [`crate::broker::Poll`], the guide's mode and cursor mode, from the two;
 //! - `publish`: mandatory, confirmed publishing ([`crate::broker::Publish`]);
 //! - `presence`: presence queues and lookups ([`crate::broker::Presence`]);
+//! - `record`: the shard record a broker keeps of itself, when users are spread over
+//!   several brokers;
 //! - `tail`: a live copy of some routing keys' events, for debugging;
 //! - `codec`: deliveries as events, queue arguments as field tables;
 //! - `linger`: [`LingeringBroker`], which wraps this broker for a long-running server.
@@ -35,6 +37,7 @@ mod linger;
 mod poll;
 mod presence;
 mod publish;
+mod record;
 mod runner;
 mod session;
 mod settle;
@@ -46,8 +49,8 @@ use async_trait::async_trait;
 
 pub use self::{codec::user_queue_table, linger::LingeringBroker, tail::Tail};
 use self::{declare::Declared, presence::Refreshes, runner::Turns, session::Connector};
-use super::{Broker, devices::Devices};
-use crate::{config::Config, topology::QueueType};
+use super::{Broker, BrokerError, devices::Devices};
+use crate::{config::Config, shard::ShardRecord, topology::QueueType};
 
 /// RabbitMQ behind the [`Broker`] traits: one consumer per poll, the shape Lambda needs.
 pub struct RabbitBroker {
@@ -97,6 +100,10 @@ impl RabbitBroker {
 
 #[async_trait]
 impl Broker for RabbitBroker {
+    async fn claim_shard(&self, record: &ShardRecord) -> Result<(), BrokerError> {
+        self.record_shard(record).await
+    }
+
     async fn close(&self) {
         self.connector.close().await;
     }

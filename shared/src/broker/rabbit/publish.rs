@@ -131,10 +131,7 @@ impl Publish for RabbitBroker {
         Ok(batch
             .iter()
             .zip(routed)
-            .map(|(publication, routed)| Receipt {
-                id: publication.event.id.clone(),
-                routed,
-            })
+            .map(|(publication, routed)| Receipt::new(publication.event.id.clone(), routed))
             .collect())
     }
 }

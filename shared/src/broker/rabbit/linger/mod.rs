@@ -36,6 +36,7 @@ use crate::{
     broker::{Broker, BrokerError, Poll, Presence, Publication, Publish, Receipt},
     budget::PollBudget,
     event::Event,
+    shard::ShardRecord,
     topology::{CollegeId, QueueType, Subscriber, UserId},
 };
 
@@ -256,6 +257,10 @@ impl Publish for LingeringBroker {
 
 #[async_trait]
 impl Broker for LingeringBroker {
+    async fn claim_shard(&self, record: &ShardRecord) -> Result<(), BrokerError> {
+        self.rabbit.claim_shard(record).await
+    }
+
     async fn close(&self) {
         self.rabbit.close().await;
     }
