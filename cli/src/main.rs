@@ -3,22 +3,24 @@
 //! - `check-rabbitmq`: the guide's `check_rabbitmq` management command.
 //! - `publish`: publish one event to a user or a college.
 //! - `tail`: follow a user's (or college's) events live, without consuming them.
+//! - `shard`: which broker holds a user, and the slot table ([`shard`]).
 //! - `token`: mint a user token for local testing.
 //! - `cost`: the monthly cost and broker size of a deployment, by compute mode ([`cost`]).
 //!
-//! Settings come from the same environment as the functions (`AMQP_URL`,
-//! `EVENTS_EXCHANGE`, `JWT_SECRET`), with flags to override them.
+//! Settings come from the same environment as the functions (`AMQP_URL` or `AMQP_URLS`
+//! and `AMQP_SLOTS`, `EVENTS_EXCHANGE`, `JWT_SECRET`), with flags to override them; with
+//! several brokers, each command works per shard.
 
 mod cost;
+mod shard;
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use longpoll::{
-    Config, RabbitBroker,
-    broker::Publish,
-    broker::check::check_rabbitmq,
-    config::{DEFAULT_AMQP_URL, DEFAULT_EXCHANGE},
+    Broker, Config, RabbitBroker,
+    broker::{self, check::check_rabbitmq},
+    config::{DEFAULT_EXCHANGE, redact_url},
     publish::parse_publish_body,
     token::TokenIssuer,
     topology::{Audience, CollegeId, Subscriber, UserId},
@@ -80,6 +82,9 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Which broker (shard) holds each user, by the contract's placement; the slot
+    /// table; or the table with one more broker.
+    Shard(shard::ShardArgs),
     /// Mint a user token (HS256) with JWT_SECRET, for local testing.
     Token {
         #[arg(long)]
@@ -103,9 +108,20 @@ enum Command {
 
 #[derive(Args)]
 struct BrokerArgs {
-    /// Broker URL (amqp:// or amqps://).
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
-    url: String,
+    /// Broker URL (amqp:// or amqps://); the local RabbitMQ by default.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        conflicts_with = "urls"
+    )]
+    url: Option<String>,
+    /// Several brokers, comma-separated, one per shard, in the deployment's order.
+    #[arg(long, env = "AMQP_URLS", hide_env_values = true)]
+    urls: Option<String>,
+    /// The slot table over `--urls` (default: even ranges).
+    #[arg(long, env = "AMQP_SLOTS")]
+    slots: Option<String>,
     /// The events exchange.
     #[arg(long, env = "EVENTS_EXCHANGE", default_value = DEFAULT_EXCHANGE)]
     exchange: String,
@@ -123,10 +139,33 @@ struct AudienceArgs {
 }
 
 impl BrokerArgs {
-    fn broker(&self) -> RabbitBroker {
-        let mut config = Config::new(&self.url, None, "longpoll-cli");
-        config.exchange = self.exchange.clone();
-        RabbitBroker::new(&config)
+    /// The brokers and their slot table, checked as the functions check them.
+    fn config(&self) -> Result<Config, String> {
+        let lookup = |name: &str| match name {
+            "AMQP_URL" => self.url.clone(),
+            "AMQP_URLS" => self.urls.clone(),
+            "AMQP_SLOTS" => self.slots.clone(),
+            "EVENTS_EXCHANGE" => Some(self.exchange.clone()),
+            _ => None,
+        };
+        Config::from_lookup("longpoll-cli", lookup).map_err(|error| error.to_string())
+    }
+
+    /// Publishing to every broker, each event to its user's shard.
+    async fn broker(&self) -> Result<Arc<dyn Broker>, String> {
+        broker::open(&self.config()?, |config| {
+            Arc::new(RabbitBroker::new(config))
+        })
+        .await
+        .map_err(|stale| stale.to_string())
+    }
+
+    /// The RabbitMQ of `user`'s shard (the first broker when no user is named: every
+    /// shard gets every college event).
+    fn broker_of(&self, user: Option<UserId>) -> Result<RabbitBroker, String> {
+        let config = self.config()?;
+        let shard = user.map_or(0, |user| config.slots.broker_of(user));
+        Ok(RabbitBroker::new(&config.shard(shard)))
     }
 }
 
@@ -148,31 +187,44 @@ async fn run(command: Command) -> Result<(), String> {
             declare_exchange,
             timeout_ms,
         } => {
-            println!("Checking {}", longpoll::config::redact_url(&broker.url));
-            let report = check_rabbitmq(
-                &broker.url,
-                &broker.exchange,
-                declare_exchange,
-                Duration::from_millis(timeout_ms),
-            )
-            .await;
-            for step in &report.steps {
-                println!(
-                    "  [{}] {:<12} {}",
-                    if step.ok { "ok" } else { "FAIL" },
-                    step.name,
-                    step.detail
-                );
-                if let Some(hint) = &step.hint {
-                    eprintln!("         hint: {hint}");
+            let config = broker.config()?;
+            let mut failed = Vec::new();
+            for (index, url) in config.amqp_urls.iter().enumerate() {
+                match config.sharded() {
+                    true => println!("Checking shard {index}: {}", redact_url(url)),
+                    false => println!("Checking {}", redact_url(url)),
+                }
+                let report = check_rabbitmq(
+                    url,
+                    &broker.exchange,
+                    declare_exchange,
+                    Duration::from_millis(timeout_ms),
+                )
+                .await;
+                for step in &report.steps {
+                    println!(
+                        "  [{}] {:<12} {}",
+                        if step.ok { "ok" } else { "FAIL" },
+                        step.name,
+                        step.detail
+                    );
+                    if let Some(hint) = &step.hint {
+                        eprintln!("         hint: {hint}");
+                    }
+                }
+                if !report.passed() {
+                    failed.push(index);
                 }
             }
-            if report.passed() {
-                println!("RabbitMQ is ready for long polling.");
-                Ok(())
-            } else {
-                Err("the broker check failed (see above)".to_owned())
+            match (failed.is_empty(), config.sharded()) {
+                (true, false) => println!("RabbitMQ is ready for long polling."),
+                (true, true) => println!("Every shard is ready for long polling."),
+                (false, false) => return Err("the broker check failed (see above)".to_owned()),
+                (false, true) => {
+                    return Err(format!("the check failed on shards {failed:?} (see above)"));
+                }
             }
+            Ok(())
         }
         Command::Publish {
             broker,
@@ -192,6 +244,7 @@ async fn run(command: Command) -> Result<(), String> {
                 .map_err(|error| error.to_string())?;
             let receipts = broker
                 .broker()
+                .await?
                 .publish(&batch)
                 .await
                 .map_err(|error| error.to_string())?;
@@ -201,7 +254,13 @@ async fn run(command: Command) -> Result<(), String> {
                 } else {
                     "not routed: nobody of that audience is polling"
                 };
-                println!("{} {routed}", receipt.id);
+                match receipt.unreached_shards.as_slice() {
+                    [] => println!("{} {routed}", receipt.id),
+                    missed => println!(
+                        "{} {routed}; shards {missed:?} were out of reach: their members missed it",
+                        receipt.id
+                    ),
+                }
             }
             Ok(())
         }
@@ -225,7 +284,7 @@ async fn run(command: Command) -> Result<(), String> {
                 return Err("give --user, --college or both".to_owned());
             }
             let mut tail = broker
-                .broker()
+                .broker_of(user.map(UserId))?
                 .tail(&keys)
                 .await
                 .map_err(|error| error.to_string())?;
@@ -267,6 +326,10 @@ async fn run(command: Command) -> Result<(), String> {
                     Duration::from_secs(ttl)
                 )
             );
+            Ok(())
+        }
+        Command::Shard(args) => {
+            print!("{}", shard::report(&args)?);
             Ok(())
         }
         Command::Cost(args) => {

@@ -84,18 +84,19 @@ impl Functions {
     /// [`longpoll::broker::ShardedBroker`], whose shard records are checked first: a
     /// broker that records another place in the slot table is an error.
     pub async fn new(config: Config, kind: BrokerKind) -> Result<Self, ConfigError> {
-        let broker: Arc<dyn Broker> = match kind {
-            BrokerKind::Memory => Arc::new(
-                MemoryBroker::new(config.presence_ttl)
-                    .with_max_devices_per_user(config.max_devices_per_user),
-            ),
-            BrokerKind::RabbitMq => broker::open(&config, rabbitmq_for_a_server)
-                .await
-                .map_err(|stale| ConfigError::Invalid {
-                    var: "AMQP_URLS",
-                    reason: stale.to_string(),
-                })?,
-        };
+        let broker: Arc<dyn Broker> =
+            match kind {
+                BrokerKind::Memory => Arc::new(
+                    MemoryBroker::new(config.presence_ttl)
+                        .with_max_devices_per_user(config.max_devices_per_user),
+                ),
+                BrokerKind::RabbitMq => broker::open(&config, rabbitmq_for_a_server)
+                    .await
+                    .map_err(|stale| ConfigError::Invalid {
+                        var: "AMQP_URLS",
+                        reason: stale.to_string(),
+                    })?,
+            };
         Self::with_broker(config, broker, kind)
     }
 

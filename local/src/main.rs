@@ -1,6 +1,6 @@
 //! `cargo run -p longpoll-local`: every endpoint on its real path on 127.0.0.1:9000.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 use longpoll::{
@@ -62,14 +62,24 @@ impl std::str::FromStr for MetricsAddr {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     longpoll::telemetry::init();
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
+    let ran = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.into())
         .enable_all()
-        .build()?
-        .block_on(run(args))
+        .build()
+        .map_err(Box::from)
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match ran {
+        Ok(()) => ExitCode::SUCCESS,
+        // Said as a sentence (a configuration error names the variable), not as a
+        // debug dump.
+        Err(error) => {
+            eprintln!("longpoll-local: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {

@@ -81,7 +81,11 @@ async fn browsers_on_other_origins_may_poll() {
 fn origins_can_be_restricted() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let functions = Arc::new(Functions::new(config("cors"), BrokerKind::Memory).await.unwrap());
+        let functions = Arc::new(
+            Functions::new(config("cors"), BrokerKind::Memory)
+                .await
+                .unwrap(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(serve(

@@ -134,14 +134,11 @@ impl ShardedBroker {
                     .await
                     .map_err(|cause| match cause {
                         BrokerError::Refused { reason, .. } => {
-                            error!(shard = index, %reason, "broker holds another shard record: a stale table? Refusing it");
+                            let reason = stale_reason(&shard.record, &reason);
+                            error!(shard = index, %reason, "refusing a broker");
                             BrokerError::Refused {
                                 operation: "shard record",
-                                reason: format!(
-                                    "this process places broker {index} as {}, the broker disagrees ({reason}): \
-                                     AMQP_URLS or AMQP_SLOTS differ from the deployment that first used it",
-                                    shard.record.as_argument()
-                                ),
+                                reason,
                             }
                         }
                         other => other,
@@ -160,6 +157,21 @@ impl ShardedBroker {
         self.ready(index).await?;
         self.shards[index].broker.publish(&batch).await
     }
+}
+
+/// Why a broker that refused `expected` is refused in turn: the record it holds (from
+/// RabbitMQ's "received '…' but current is '…'"), and what usually causes that.
+fn stale_reason(expected: &ShardRecord, refusal: &str) -> String {
+    let held = refusal
+        .split_once("current is '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map_or(refusal, |(held, _)| held);
+    format!(
+        "it records itself as {held}, and this process's AMQP_URLS and AMQP_SLOTS make it {}: \
+         they differ from the deployment that first used it (a stale deploy, a reordered list, \
+         or two URLs that reach one broker)",
+        expected.as_argument()
+    )
 }
 
 #[async_trait]
