@@ -18,7 +18,7 @@ use longpoll::{
 };
 use longpoll_testkit::{
     private_node::PrivateNode,
-    server::{Server, built},
+    server::{Server, built, free_port},
     unique_college, unique_user,
 };
 use reqwest::{Client, StatusCode};
@@ -47,12 +47,15 @@ fn user_on(table: &SlotTable, broker: usize) -> UserId {
 
 struct Site {
     server: Server,
+    metrics: String,
     client: Client,
 }
 
 impl Site {
     async fn start(urls: &str) -> Self {
-        let env = server_env(urls);
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let mut env = server_env(urls);
+        env.push(("METRICS_ADDR", metrics_addr.clone()));
         let env: Vec<(&str, &str)> = env
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
@@ -60,8 +63,15 @@ impl Site {
         let server = Server::start(built("longpoll-local"), &[], &env).await;
         Self {
             server,
+            metrics: format!("http://{metrics_addr}/metrics"),
             client: Client::new(),
         }
+    }
+
+    /// The server's metrics, as Prometheus text.
+    async fn metrics(&self) -> String {
+        let answer = self.client.get(&self.metrics).send().await.unwrap();
+        answer.text().await.unwrap()
     }
 
     /// One cursor-mode poll: the status, `Retry-After`, and the body.
@@ -135,7 +145,6 @@ fn server_env(urls: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AMQP_URLS", urls.to_owned()),
         ("POLL_TIMEOUT_MS", HOLD_MS.to_owned()),
-        ("METRICS_ADDR", "off".to_owned()),
     ]
 }
 
@@ -252,6 +261,21 @@ async fn three_brokers_as_shards_through_the_local_server() {
     }
     let (status, _) = site.online(&[users[0], users[2]]).await;
     assert_eq!(status, StatusCode::OK, "a lookup of the live shards' users");
+    // The operator sees which broker failed.
+    let metrics = site.metrics().await;
+    let failures: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("longpoll_broker_failures_total{"))
+        .collect();
+    assert!(!failures.is_empty(), "{metrics}");
+    assert!(
+        failures.iter().all(|line| line.contains("shard=\"1\"")),
+        "{failures:?}"
+    );
+    for shard in 0..3 {
+        let connects = format!("longpoll_broker_connects_total{{shard=\"{shard}\"}}");
+        assert!(metrics.contains(&connects), "{connects}: {metrics}");
+    }
 
     // Back up: nothing confirmed was lost.
     nodes[1].start_app();

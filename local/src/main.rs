@@ -89,11 +89,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         BrokerKind::Memory
     };
-    let using_dev_secret = config.jwt_secret.is_none();
-    let functions = Arc::new(Functions::new(config, kind).await?);
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    // What the banner says of the metrics: their URL, or why there are none.
+    // What the banner says of the metrics: their URL, or why there are none. Installed
+    // before the broker is built, so its first connections (the shard checks) count.
     let metrics = match args.metrics_addr {
         Some(MetricsAddr::On(address)) => serve_metrics(address).await?,
         // The default port may be taken by a second server on the same machine: that one
@@ -108,7 +105,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }),
         Some(MetricsAddr::Off) => "off".to_owned(),
     };
-
+    let using_dev_secret = config.jwt_secret.is_none();
+    let functions = Arc::new(Functions::new(config, kind).await?);
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let base = format!("http://{}", listener.local_addr()?);
     print_banner(&functions, &base, &metrics, using_dev_secret).await;
     let limits = edge::Limits {
         max_connections: args.max_connections,

@@ -48,7 +48,10 @@ impl App {
         let tokens = TokenVerifier::new(config.require_jwt_secret()?)
             .requiring(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
         Ok(Self {
-            held_polls: Arc::new(HeldPolls::new(config.max_polls_per_user)),
+            held_polls: Arc::new(match config.sharded() {
+                true => HeldPolls::new(config.max_polls_per_user).placed_by(config.slots.clone()),
+                false => HeldPolls::new(config.max_polls_per_user),
+            }),
             config,
             tokens,
             poll: broker.clone(),

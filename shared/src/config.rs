@@ -60,6 +60,9 @@ pub struct Config {
     pub amqp_urls: Vec<String>,
     /// Which of `amqp_urls` holds each user (`AMQP_SLOTS`; even ranges by default).
     pub slots: SlotTable,
+    /// In one shard's configuration ([`Config::shard`]), its number in `amqp_urls` of
+    /// the deployment: metrics carry it as the `shard` label.
+    pub shard: Option<usize>,
     /// Shared secret for HS256 user tokens; required by the functions that take a user
     /// token (see [`Config::require_jwt_secret`]).
     pub jwt_secret: Option<Vec<u8>>,
@@ -172,6 +175,7 @@ impl Config {
             amqp_url_given,
             amqp_urls,
             slots,
+            shard: None,
             jwt_secret: jwt_secret.map(String::into_bytes),
             jwt_issuer: get("JWT_ISSUER"),
             jwt_audience: get("JWT_AUDIENCE"),
@@ -213,6 +217,7 @@ impl Config {
             amqp_url_given: true,
             amqp_urls: vec![amqp_url.to_owned()],
             slots: SlotTable::even(1).expect("one broker"),
+            shard: None,
             jwt_secret: jwt_secret.map(|secret| secret.as_bytes().to_vec()),
             jwt_issuer: None,
             jwt_audience: None,
@@ -254,6 +259,7 @@ impl Config {
             amqp_url: url.clone(),
             amqp_urls: vec![url],
             slots: SlotTable::even(1).expect("one broker"),
+            shard: Some(index),
             connection_name: format!("{}#shard-{index}", self.connection_name),
             ..self.clone()
         }

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{metrics, topology::UserId};
+use crate::{metrics, shard::SlotTable, topology::UserId};
 
 /// Default cap on one user's polls held at once (`MAX_POLLS_PER_USER`): a tab or device
 /// holds one, so this leaves room for several of each.
@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_POLLS_PER_USER: usize = 8;
 pub struct HeldPolls {
     max_per_user: usize,
     by_user: Arc<Mutex<HashMap<UserId, usize>>>,
+    /// With users on several brokers, their placement: the held-polls gauge is kept per
+    /// broker.
+    placement: Option<SlotTable>,
 }
 
 /// One held poll; counted until dropped.
@@ -25,6 +28,7 @@ pub struct HeldPolls {
 pub struct Held {
     user: UserId,
     by_user: Arc<Mutex<HashMap<UserId, usize>>>,
+    shard: Option<usize>,
 }
 
 impl HeldPolls {
@@ -32,6 +36,15 @@ impl HeldPolls {
         Self {
             max_per_user,
             by_user: Arc::default(),
+            placement: None,
+        }
+    }
+
+    /// The same cap, with the gauge labelled by the broker `placement` puts each user on.
+    pub fn placed_by(self, placement: SlotTable) -> Self {
+        Self {
+            placement: Some(placement),
+            ..self
         }
     }
 
@@ -47,17 +60,19 @@ impl HeldPolls {
             return None;
         }
         *count += 1;
-        metrics::poll_held();
+        let shard = self.placement.as_ref().map(|table| table.broker_of(user));
+        metrics::poll_held(shard);
         Some(Held {
             user,
             by_user: self.by_user.clone(),
+            shard,
         })
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        metrics::poll_released();
+        metrics::poll_released(self.shard);
         let mut by_user = lock(&self.by_user);
         if let Some(count) = by_user.get_mut(&self.user) {
             *count -= 1;

@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Label, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
 /// Polls held now (gauge).
@@ -129,13 +129,22 @@ impl Cap {
     }
 }
 
-/// One more poll held ([`POLLS_HELD`]); [`poll_released`] when it ends.
-pub fn poll_held() {
-    gauge!(POLLS_HELD).increment(1.0);
+/// `labels`, and the `shard` label (the broker's number in `AMQP_URLS`) when users are
+/// spread over several brokers: a single-broker deployment keeps its series unlabelled.
+fn with_shard(mut labels: Vec<Label>, shard: Option<usize>) -> Vec<Label> {
+    if let Some(shard) = shard {
+        labels.push(Label::new("shard", shard.to_string()));
+    }
+    labels
 }
 
-pub fn poll_released() {
-    gauge!(POLLS_HELD).decrement(1.0);
+/// One more poll held ([`POLLS_HELD`]) on `shard`; [`poll_released`] when it ends.
+pub fn poll_held(shard: Option<usize>) {
+    gauge!(POLLS_HELD, with_shard(Vec::new(), shard)).increment(1.0);
+}
+
+pub fn poll_released(shard: Option<usize>) {
+    gauge!(POLLS_HELD, with_shard(Vec::new(), shard)).decrement(1.0);
 }
 
 /// A poll answered with events, given by their publish times (epoch seconds; `None` for
@@ -187,14 +196,18 @@ pub fn broker_operation(operation: &'static str, elapsed: Duration) {
     histogram!(BROKER_OPERATION_LATENCY, "operation" => operation).record(elapsed.as_secs_f64());
 }
 
-/// A broker operation that failed, and why (`BrokerError::cause`).
-pub fn broker_failure(operation: &'static str, cause: &'static str) {
-    counter!(BROKER_FAILURES, "operation" => operation, "cause" => cause).increment(1);
+/// A broker operation that failed on `shard`, and why (`BrokerError::cause`).
+pub fn broker_failure(operation: &'static str, cause: &'static str, shard: Option<usize>) {
+    let labels = vec![
+        Label::new("operation", operation),
+        Label::new("cause", cause),
+    ];
+    counter!(BROKER_FAILURES, with_shard(labels, shard)).increment(1);
 }
 
-/// A broker connection opened.
-pub fn broker_connected() {
-    counter!(BROKER_CONNECTS).increment(1);
+/// A broker connection opened to `shard`.
+pub fn broker_connected(shard: Option<usize>) {
+    counter!(BROKER_CONNECTS, with_shard(Vec::new(), shard)).increment(1);
 }
 
 /// A request turned away by `cap`.

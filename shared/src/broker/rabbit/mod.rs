@@ -78,12 +78,7 @@ impl RabbitBroker {
     /// starts (and answers 503) even while the broker is down.
     pub fn new(config: &Config) -> Self {
         Self {
-            connector: Connector::new(
-                config.amqp_url.clone(),
-                config.connection_name.clone(),
-                config.exchange.clone(),
-                config.amqp_timeout,
-            ),
+            connector: Connector::new(config),
             presence_ttl: config.presence_ttl,
             presence_refreshes: Refreshes::default(),
             declared: Declared::default(),

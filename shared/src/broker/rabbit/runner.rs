@@ -41,7 +41,7 @@ impl RabbitBroker {
             let session = match self.connector.session(deadline).await {
                 Ok(session) => session,
                 Err(error) => {
-                    metrics::broker_failure(name, error.cause());
+                    metrics::broker_failure(name, error.cause(), self.connector.shard);
                     return Err(error);
                 }
             };
@@ -49,7 +49,7 @@ impl RabbitBroker {
             // instead of flooding it, where every answer would slow down together.
             let Ok(turn) = timeout_at(deadline, self.turns.of(name).acquire()).await else {
                 let error = BrokerError::Timeout(name);
-                metrics::broker_failure(name, error.cause());
+                metrics::broker_failure(name, error.cause(), self.connector.shard);
                 return Err(error);
             };
             let _turn = turn.expect("the semaphore is never closed");
@@ -98,7 +98,7 @@ impl RabbitBroker {
                 session.note_refusal();
             }
             if refused || attempts_left == 0 || Instant::now() >= deadline {
-                metrics::broker_failure(name, error.cause());
+                metrics::broker_failure(name, error.cause(), self.connector.shard);
                 return Err(error);
             }
             static RETRYING: Throttle = Throttle::per_second();

@@ -15,7 +15,7 @@ use tokio::{
 use tracing::info;
 
 use super::lanes::{Borrow, Lanes};
-use crate::broker::BrokerError;
+use crate::{broker::BrokerError, config::Config};
 
 /// Channels the broker may close over refused requests before the connection is
 /// replaced. lapin never frees the id of a channel the broker closed, so each refusal
@@ -30,6 +30,8 @@ pub(super) struct Connector {
     pub exchange: String,
     presence_exchange: String,
     pub op_timeout: Duration,
+    /// The shard this broker is, with users on several brokers: its metrics say so.
+    pub shard: Option<usize>,
     /// The shared session. A mutex (not a lock-free cell) so that when it dies, one
     /// caller reconnects while the others wait for the result instead of racing to open
     /// connections of their own.
@@ -73,18 +75,15 @@ pub(super) struct Session {
 }
 
 impl Connector {
-    pub fn new(
-        url: String,
-        connection_name: String,
-        exchange: String,
-        op_timeout: Duration,
-    ) -> Self {
+    /// The connector of `config`'s broker (its `amqp_url`).
+    pub fn new(config: &Config) -> Self {
         Self {
-            url,
-            connection_name,
-            presence_exchange: format!("{exchange}.presence"),
-            exchange,
-            op_timeout,
+            url: config.amqp_url.clone(),
+            connection_name: config.connection_name.clone(),
+            presence_exchange: format!("{}.presence", config.exchange),
+            exchange: config.exchange.clone(),
+            op_timeout: config.amqp_timeout,
+            shard: config.shard,
             current: Mutex::new(None),
             opening: SyncMutex::new(None),
         }
@@ -141,7 +140,7 @@ impl Connector {
                 reason: error.to_string(),
             })?;
         info!(connection = %self.connection_name, "connected to the broker");
-        crate::metrics::broker_connected();
+        crate::metrics::broker_connected(self.shard);
         *current = Some(session.clone());
         Ok(session)
     }
