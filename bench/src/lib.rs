@@ -26,6 +26,8 @@
 //! - [`latency`]: the poll handler called in-process, no HTTP.
 //! - [`guide`]: the baseline, the design guide's `basic_get` every 0.3 s.
 //! - [`nchan`]: the yardstick, nginx with Nchan, an in-memory long-poll server.
+//! - [`placement`]: users over several brokers, the slot table beside jump hash: spread,
+//!   users moved by a broker added or retired, time per placement.
 //! - [`results`]: writes a command's output into its section of bench/RESULTS.md, dated.
 //! - [`server`], [`stats`]: child server processes; percentiles, medians, RSS.
 
@@ -42,6 +44,7 @@ pub mod latency;
 pub mod load;
 pub mod managed;
 pub mod nchan;
+pub mod placement;
 pub mod probes;
 pub mod results;
 pub mod server;

@@ -4,7 +4,8 @@
 
 use clap::{Parser, Subcommand};
 use longpoll_bench::{
-    cluster, compare, curve, guide, held, herd, hold, latency, managed, results, soak, suite, trips,
+    cluster, compare, curve, guide, held, herd, hold, latency, managed, placement, results, soak,
+    suite, trips,
 };
 
 #[derive(Parser)]
@@ -43,6 +44,9 @@ enum Command {
     /// Pollers in cursor mode while the broker's connections are killed periodically;
     /// exits 1 if an event was lost or duplicated, or a 5xx other than 503 came back.
     Soak(soak::Options),
+    /// The two candidate placements of users over brokers (slot table, jump hash): how
+    /// even, how many users move when a broker is added or retired, how fast.
+    Placement(placement::Options),
     /// Broker requests per idle poll on the Lambda path, from the broker's own counters.
     Trips(trips::Options),
     /// Puts OUTPUT (a command's figures) into section SECTION of the results file, with
@@ -71,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Trips(options) => trips::run(&options).await,
+        Command::Placement(options) => placement::run(&options),
         Command::Record(options) => results::record_file(&options)?,
         Command::GuideServer => guide::serve().await?,
     }

@@ -109,14 +109,10 @@ enum Command {
 #[derive(Args)]
 struct BrokerArgs {
     /// Broker URL (amqp:// or amqps://); the local RabbitMQ by default.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        hide_env_values = true,
-        conflicts_with = "urls"
-    )]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     url: Option<String>,
-    /// Several brokers, comma-separated, one per shard, in the deployment's order.
+    /// Several brokers, comma-separated, one per shard, in the deployment's order
+    /// (wins over `--url`).
     #[arg(long, env = "AMQP_URLS", hide_env_values = true)]
     urls: Option<String>,
     /// The slot table over `--urls` (default: even ranges).
@@ -142,7 +138,7 @@ impl BrokerArgs {
     /// The brokers and their slot table, checked as the functions check them.
     fn config(&self) -> Result<Config, String> {
         let lookup = |name: &str| match name {
-            "AMQP_URL" => self.url.clone(),
+            "AMQP_URL" if self.urls.is_none() => self.url.clone(),
             "AMQP_URLS" => self.urls.clone(),
             "AMQP_SLOTS" => self.slots.clone(),
             "EVENTS_EXCHANGE" => Some(self.exchange.clone()),

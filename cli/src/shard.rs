@@ -21,9 +21,9 @@ use crate::BrokerArgs;
 pub struct ShardArgs {
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Place over this many brokers, by the default table, instead of the configured
-    /// ones (to check a producer's placement without the deployment's URLs).
-    #[arg(long, conflicts_with_all = ["url", "urls"])]
+    /// Place over this many brokers, by the default table (or `--slots`), instead of the
+    /// configured ones (to check a producer's placement without the deployment's URLs).
+    #[arg(long)]
     brokers: Option<usize>,
     /// A user to place (repeat for several).
     #[arg(long = "user")]
