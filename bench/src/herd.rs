@@ -42,6 +42,56 @@ pub struct HerdReport {
 }
 
 impl HerdReport {
+    /// The report as one JSON line ([`HerdReport::from_json`] reads it back); seconds as
+    /// numbers, `null` for never.
+    pub fn to_json(&self) -> serde_json::Value {
+        let seconds = |after: Duration| (after != Duration::MAX).then(|| after.as_secs_f64());
+        serde_json::json!({
+            "users": self.users,
+            "failed": self.failed,
+            "retried": self.retried,
+            "all_held_after": self.all_held_after.map(|after| after.as_secs_f64()),
+            "all_answered_after": seconds(self.all_answered_after),
+        })
+    }
+
+    pub fn from_json(json: &serde_json::Value) -> Option<Self> {
+        let seconds = |key: &str| json[key].as_f64().map(Duration::from_secs_f64);
+        Some(Self {
+            users: json["users"].as_u64()? as usize,
+            failed: serde_json::from_value(json["failed"].clone()).ok()?,
+            retried: json["retried"].as_u64()? as usize,
+            all_held_after: seconds("all_held_after"),
+            all_answered_after: seconds("all_answered_after").unwrap_or(Duration::MAX),
+        })
+    }
+
+    /// Herds that ran side by side, as one: every user held and answered once the last
+    /// of them was.
+    pub fn together(reports: Vec<HerdReport>) -> Self {
+        let mut failed = BTreeMap::new();
+        for report in &reports {
+            for (status, count) in &report.failed {
+                *failed.entry(*status).or_default() += count;
+            }
+        }
+        Self {
+            users: reports.iter().map(|report| report.users).sum(),
+            failed,
+            retried: reports.iter().map(|report| report.retried).sum(),
+            all_held_after: reports
+                .iter()
+                .map(|report| report.all_held_after)
+                .collect::<Option<Vec<_>>>()
+                .and_then(|afters| afters.into_iter().max()),
+            all_answered_after: reports
+                .iter()
+                .map(|report| report.all_answered_after)
+                .max()
+                .unwrap_or(Duration::MAX),
+        }
+    }
+
     pub fn failures(&self) -> usize {
         self.failed.values().sum()
     }
@@ -70,8 +120,10 @@ impl HerdReport {
     }
 }
 
-/// `users` new users poll `url` at once; `node` is the broker's node (`rabbitmqctl -n`).
-pub async fn herd(url: &str, node: &str, users: usize) -> HerdReport {
+/// `users` new users poll `url` at once; `nodes` are the broker nodes it uses
+/// (`rabbitmqctl -n`; several when users are spread over brokers). All are held once the
+/// nodes carry `held` consumers: `users`, or more when other herds run beside this one.
+pub async fn herd(url: &str, nodes: &[String], users: usize, held: usize) -> HerdReport {
     let base = load::fresh_user_base();
     let ids: Vec<u64> = (0..users as u64).map(|n| base + n).collect();
     let issuer = TokenIssuer::new(DEV_JWT_SECRET.as_bytes());
@@ -110,10 +162,10 @@ pub async fn herd(url: &str, node: &str, users: usize) -> HerdReport {
             })
         })
         .collect();
-    let node = node.to_owned();
+    let nodes = nodes.to_vec();
     let all_held_after = tokio::task::spawn_blocking(move || {
-        while started.elapsed() < Duration::from_secs(120) {
-            if consumers_on(&node) >= users {
+        while started.elapsed() < Duration::from_secs(240) {
+            if nodes.iter().map(|node| consumers_on(node)).sum::<usize>() >= held {
                 return Some(started.elapsed());
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -209,12 +261,19 @@ pub async fn offline_lookups(url: &str, lookups: usize) -> Vec<Duration> {
 pub struct Options {
     #[arg(long, default_value = "http://127.0.0.1:9000")]
     pub url: String,
-    /// The broker node (`rabbitmqctl -n`): a private one.
-    #[arg(long)]
-    pub node: String,
+    /// The broker nodes (`rabbitmqctl -n`), private ones: one, or each shard's.
+    #[arg(long = "node", value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
     /// Herd sizes, one herd each.
     #[arg(long = "users", value_delimiter = ',', default_value = "1000,10000")]
     pub herds: Vec<usize>,
+    /// Consumers that mean every user is held, when other herds run beside this one
+    /// (default: the herd's own users).
+    #[arg(long)]
+    pub expect_held: Option<usize>,
+    /// Print each herd's report as one JSON line (for a parent process to read).
+    #[arg(long)]
+    pub json: bool,
     /// Presence lookups of 100 offline users after the herds.
     #[arg(long, default_value_t = 1000)]
     pub lookups: usize,
@@ -222,14 +281,14 @@ pub struct Options {
 
 /// The whole hostile run, printed: herds of each size, then the lookups.
 pub async fn run(options: &Options) {
-    let (url, node, herds, lookups) = (
-        options.url.as_str(),
-        options.node.as_str(),
-        &options.herds,
-        options.lookups,
-    );
+    let (url, herds, lookups) = (options.url.as_str(), &options.herds, options.lookups);
     for &users in herds {
-        herd(url, node, users).await.print();
+        let held = options.expect_held.unwrap_or(users);
+        let report = herd(url, &options.nodes, users, held).await;
+        match options.json {
+            true => println!("{}", report.to_json()),
+            false => report.print(),
+        }
         tokio::time::sleep(Duration::from_secs(20)).await;
     }
     if lookups > 0 {

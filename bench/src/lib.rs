@@ -18,6 +18,8 @@
 //!   against a running server.
 //! - [`cluster`]: the cluster fire drill: a rolling restart and a crash under 2,000
 //!   users, quorum against classic queues, beside a single node.
+//! - [`shards`]: users over three brokers beside one node: spread, memory per user,
+//!   latency, new users held, the most users held.
 //! - [`soak`]: that load in cursor mode with the broker connections killed periodically.
 //! - [`probes`]: queued-event answers, idle holds, publish throughput.
 //! - [`cold_start`]: the function binaries under a loopback Lambda Runtime API.
@@ -48,6 +50,7 @@ pub mod placement;
 pub mod probes;
 pub mod results;
 pub mod server;
+pub mod shards;
 pub mod soak;
 pub mod stats;
 pub mod suite;

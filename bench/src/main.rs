@@ -4,8 +4,8 @@
 
 use clap::{Parser, Subcommand};
 use longpoll_bench::{
-    cluster, compare, curve, guide, held, herd, hold, latency, managed, placement, results, soak,
-    suite, trips,
+    cluster, compare, curve, guide, held, herd, hold, latency, managed, placement, results, shards,
+    soak, suite, trips,
 };
 
 #[derive(Parser)]
@@ -47,6 +47,9 @@ enum Command {
     /// The two candidate placements of users over brokers (slot table, jump hash): how
     /// even, how many users move when a broker is added or retired, how fast.
     Placement(placement::Options),
+    /// Users over three brokers (private nodes as shards) beside one node, through the
+    /// local server: spread, memory per user, latency, new users held, the most held.
+    Shards(shards::Options),
     /// Broker requests per idle poll on the Lambda path, from the broker's own counters.
     Trips(trips::Options),
     /// Puts OUTPUT (a command's figures) into section SECTION of the results file, with
@@ -76,6 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Trips(options) => trips::run(&options).await,
         Command::Placement(options) => placement::run(&options),
+        Command::Shards(options) => shards::run(&options).await,
         Command::Record(options) => results::record_file(&options)?,
         Command::GuideServer => guide::serve().await?,
     }
