@@ -1,5 +1,6 @@
 //! Users spread over several brokers (`AMQP_URLS`), through the local server over HTTP as
-//! users and a backend drive it, on three private single-node RabbitMQs as the shards:
+//! users and a backend drive it, and through the functions on a Lambda Runtime API, on
+//! three private single-node RabbitMQs as the shards:
 //! each user's queues live on the broker the contract's placement names; a college's
 //! events reach members on every shard; one broker down fails its own users alone (503,
 //! never `routed: false`) and loses nothing of theirs; a server whose table disagrees
@@ -12,11 +13,13 @@ use std::{
 
 use longpoll::{
     config::{DEV_JWT_SECRET, DEV_PUBLISH_KEY},
+    event::{EventBody, OutgoingEvent},
     shard::SlotTable,
     token::TokenIssuer,
-    topology::{CollegeId, UserId},
+    topology::{CollegeId, DeviceId, QueueType, Subscriber, UserId},
 };
 use longpoll_testkit::{
+    drill::{Failure, Product, User, functions::Functions},
     private_node::PrivateNode,
     server::{Server, built, free_port},
     unique_college, unique_user,
@@ -329,4 +332,85 @@ async fn three_brokers_as_shards_through_the_local_server() {
         stderr.contains("broker-1-of-3"),
         "the broker's own record is named: {stderr}"
     );
+}
+
+/// The functions as Lambda runs them (`poll-events` and `publish-event` on a Runtime
+/// API) on three shards: every user is served on their own broker, in cursor mode on
+/// their own queue and in the guide's mode on a device queue, and a broker down fails its
+/// own users alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_functions_on_three_shards() {
+    let nodes = tokio::task::spawn_blocking(three_nodes).await.unwrap();
+    let urls: Vec<String> = nodes.iter().map(PrivateNode::url).collect();
+    let urls = urls.join(",");
+    let hold = Duration::from_millis(800);
+    let env = [("AMQP_URL", ""), ("AMQP_URLS", urls.as_str())];
+    let functions = Functions::start_with(8, "", QueueType::Classic, hold, &env).await;
+    let table = SlotTable::even(3).unwrap();
+    let users: Vec<User> = (0..6)
+        .map(|index| {
+            let user_id = user_on(&table, index % 3);
+            User {
+                index,
+                subscriber: Subscriber {
+                    user_id,
+                    college_id: None,
+                    device: (index >= 3).then(|| DeviceId::parse("tablet").unwrap()),
+                },
+                token: token(user_id, None),
+            }
+        })
+        .collect();
+    // Cursor mode for the first three, the guide's mode (no cursor) on a device queue for
+    // the rest.
+    let cursor = |user: &User, acked: &str| (user.index < 3).then(|| acked.to_owned());
+    for user in &users {
+        let first = functions
+            .poll(user, cursor(user, "").as_deref(), hold)
+            .await;
+        assert!(first.outcome.unwrap().is_empty());
+    }
+    for user in &users {
+        let event = message_event(user.index);
+        let published = functions.publish(user, &event, 0).await.outcome.unwrap();
+        assert!(published, "routed to {}", user.subscriber.user_id);
+        let ids = functions
+            .poll(user, cursor(user, "").as_deref(), hold)
+            .await;
+        assert_eq!(ids.outcome.unwrap(), [event.id.clone()]);
+        let next = functions
+            .poll(user, cursor(user, &event.id).as_deref(), hold)
+            .await;
+        assert!(next.outcome.unwrap().is_empty());
+        let queues = user_queues(&nodes[table.broker_of(user.subscriber.user_id)]);
+        assert!(queues.contains(&user.subscriber.queue_name()), "{queues}");
+    }
+
+    nodes[2].stop_app();
+    for user in &users {
+        let down = table.broker_of(user.subscriber.user_id) == 2;
+        let poll = functions
+            .poll(user, cursor(user, "").as_deref(), hold)
+            .await;
+        assert_eq!(
+            poll.outcome.is_err(),
+            down,
+            "{}: {:?}",
+            user.index,
+            poll.outcome
+        );
+        if let Err(Failure::Error(answer)) = &poll.outcome {
+            assert!(answer.starts_with("503"), "{answer}");
+        }
+        let publish = functions.publish(user, &message_event(user.index), 0).await;
+        assert_eq!(publish.outcome.is_err(), down, "{:?}", publish.outcome);
+    }
+}
+
+fn message_event(n: usize) -> OutgoingEvent {
+    let body: EventBody = serde_json::from_value(json!({
+        "event": "message", "data": {"id": n, "sender_id": 7, "message": "hi"}
+    }))
+    .unwrap();
+    body.prepare()
 }

@@ -118,7 +118,7 @@ pub fn run(_: &Options) {
 
     let [_, (_, users)] = populations(100_000);
     let four_even = SlotTable::even(4).expect("four brokers");
-    let four_grown = three.with_one_more_broker();
+    let four_grown = three.with_one_more_broker().expect("four brokers");
     // Retiring broker 1 of 3: the slot table hands its ranges to the other two, half
     // each; jump hash can only drop its last bucket, so brokers 0 and 2 become buckets
     // 0 and 1 of two.

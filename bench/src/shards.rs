@@ -53,15 +53,21 @@ pub struct Options {
 }
 
 /// One deployment under test: its server and the nodes behind it.
-struct Site {
+struct Site<'a> {
     name: &'static str,
-    nodes: Vec<PrivateNode>,
+    nodes: Vec<&'a PrivateNode>,
     server: Server,
 }
 
-impl Site {
-    async fn start(name: &'static str, nodes: Vec<PrivateNode>) -> Self {
-        let urls: Vec<String> = nodes.iter().map(PrivateNode::url).collect();
+impl<'a> Site<'a> {
+    /// A server on `nodes`, one broker each.
+    async fn start(name: &'static str, nodes: Vec<&'a PrivateNode>) -> Self {
+        let urls: Vec<String> = nodes.iter().map(|node| node.url()).collect();
+        Self::on(name, nodes, urls).await
+    }
+
+    /// A server on the brokers at `urls`, which live on `nodes`.
+    async fn on(name: &'static str, nodes: Vec<&'a PrivateNode>, urls: Vec<String>) -> Self {
         let (var, value) = match urls.len() {
             1 => ("AMQP_URL", urls[0].clone()),
             _ => ("AMQP_URLS", urls.join(",")),
@@ -78,7 +84,7 @@ impl Site {
     }
 
     fn node_names(&self) -> Vec<String> {
-        self.nodes.iter().map(PrivateNode::name).collect()
+        self.nodes.iter().map(|node| node.name()).collect()
     }
 
     /// The user queues each node holds.
@@ -129,7 +135,7 @@ impl Site {
     /// users, and each half is a herd of its own process (`longpoll-bench herd`), both
     /// waiting until all `users` are held.
     async fn split_herd(&self, users: usize) -> HerdReport {
-        let urls: Vec<String> = self.nodes.iter().map(PrivateNode::url).collect();
+        let urls: Vec<String> = self.nodes.iter().map(|node| node.url()).collect();
         let env = [
             ("AMQP_URLS", urls.join(",")),
             ("METRICS_ADDR", "off".to_owned()),
@@ -225,7 +231,7 @@ struct Spread {
     herd: HerdReport,
 }
 
-async fn spread(site: &Site, users: usize) -> Spread {
+async fn spread(site: &Site<'_>, users: usize) -> Spread {
     let before = site.memory();
     let herd = site.herd(users).await;
     let after = site.memory();
@@ -265,11 +271,22 @@ fn held(report: &HerdReport) -> String {
 
 pub async fn run(options: &Options) {
     eprintln!("starting four private nodes");
-    let mut nodes = tokio::task::spawn_blocking(|| start_nodes(4))
+    let nodes = tokio::task::spawn_blocking(|| start_nodes(4))
         .await
         .unwrap();
-    let single = Site::start("one node", vec![nodes.pop().unwrap()]).await;
-    let shards = Site::start("three shards", nodes).await;
+    let single = Site::start("one node", vec![&nodes[3]]).await;
+    let shards = Site::start("three shards", nodes[..3].iter().collect()).await;
+    // The control: three shards that are three vhosts of the one node, so that what
+    // sharding itself costs shows apart from three brokers sharing this machine's cores.
+    let vhosts: Vec<String> = (0..3)
+        .map(|shard| {
+            let vhost = format!("shard-{shard}");
+            nodes[3].ctl(&["add_vhost", &vhost]);
+            nodes[3].ctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+            nodes[3].url().replace("/%2f", &format!("/{vhost}"))
+        })
+        .collect();
+    let same_node = Site::on("three shards on one node (vhosts)", vec![&nodes[3]], vhosts).await;
     let sites = [&single, &shards];
 
     eprintln!("spread: {} new users on each", options.spread_users);
@@ -309,7 +326,8 @@ pub async fn run(options: &Options) {
         options.users, options.rate
     );
     let mut loads = Vec::new();
-    for site in sites {
+    let latency_sites = [&single, &same_node, &shards];
+    for site in latency_sites {
         let report = site.load(options).await;
         eprintln!("  {}: {}", site.name, report.summary());
         loads.push(report);
@@ -322,7 +340,7 @@ pub async fn run(options: &Options) {
     println!("| deployment | p50 | p99 | lost | failed polls | failed publishes |");
     println!("|---|---:|---:|---:|---|---|");
     let mut medians = Vec::new();
-    for (site, report) in sites.iter().zip(&loads) {
+    for (site, report) in latency_sites.iter().zip(&loads) {
         let mut latencies = report.latencies.clone();
         latencies.sort();
         let (p50, p99) = (
@@ -341,8 +359,9 @@ pub async fn run(options: &Options) {
         );
     }
     println!(
-        "\nSharding adds {} ms at p50 (goal: at most 0.1 ms).",
-        stats::ms(medians[1] - medians[0])
+        "\nSharding itself (three shards on the one node's vhosts) adds {} ms at p50 (goal: at most 0.1 ms); three brokers sharing this machine's cores add {} ms.",
+        stats::ms(medians[1] - medians[0]),
+        stats::ms(medians[2] - medians[0])
     );
 
     eprintln!(

@@ -70,7 +70,9 @@ pub fn report(args: &ShardArgs) -> Result<String, String> {
         write_table(&mut out, "slot table", &table);
     }
     if args.add_broker {
-        let grown = table.with_one_more_broker();
+        let grown = table
+            .with_one_more_broker()
+            .map_err(|error| format!("--add-broker: {error}"))?;
         let moved = (0..SLOTS)
             .filter(|slot| table.broker_of_slot(*slot) != grown.broker_of_slot(*slot))
             .count();

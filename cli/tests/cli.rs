@@ -215,7 +215,14 @@ fn publish_refuses_bad_events_with_the_field_named() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for command in ["check-rabbitmq", "publish", "tail", "token"] {
+    for command in [
+        "check-rabbitmq",
+        "publish",
+        "tail",
+        "token",
+        "shard",
+        "cost",
+    ] {
         let output = longpoll(&[command, "--help"]);
         assert!(output.status.success());
         assert!(
@@ -225,29 +232,34 @@ fn every_subcommand_has_help() {
     }
 }
 
-/// Each of the README's cost tables (`<!-- longpoll cost ARGS -->`) is `longpoll cost
-/// ARGS`'s output, verbatim.
+/// Each cost table of the README and of docs/deploy.md (`<!-- longpoll cost ARGS -->`)
+/// is `longpoll cost ARGS`'s output, verbatim.
 #[test]
-fn the_readme_cost_sections_are_the_cost_commands_output() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+fn the_documented_cost_sections_are_the_cost_commands_output() {
     let mut sections = 0;
-    for block in readme.split("<!-- longpoll cost").skip(1) {
-        let (args, rest) = block.split_once(" -->\n").expect("a marker ends its line");
-        let section = rest
-            .split_once("<!-- /longpoll cost -->")
-            .expect("each section is closed")
-            .0;
-        let mut command = vec!["cost"];
-        command.extend(args.split_whitespace());
-        let output = longpoll(&command);
-        assert!(output.status.success(), "{}", text(&output.stderr));
-        assert_eq!(
-            section,
-            text(&output.stdout),
-            "run `longpoll cost{args}` and paste its output"
-        );
-        sections += 1;
+    for document in ["README.md", "docs/deploy.md"] {
+        let path = format!("{}/../{document}", env!("CARGO_MANIFEST_DIR"));
+        let text_of_document = std::fs::read_to_string(path).unwrap();
+        for block in text_of_document.split("<!-- longpoll cost").skip(1) {
+            let (args, rest) = block.split_once(" -->\n").expect("a marker ends its line");
+            let section = rest
+                .split_once("<!-- /longpoll cost -->")
+                .expect("each section is closed")
+                .0;
+            let mut command = vec!["cost"];
+            command.extend(args.split_whitespace());
+            let output = longpoll(&command);
+            assert!(output.status.success(), "{}", text(&output.stderr));
+            assert_eq!(
+                section,
+                text(&output.stdout),
+                "{document}: run `longpoll cost{args}` and paste its output"
+            );
+            sections += 1;
+        }
     }
-    assert_eq!(sections, 2, "the defaults and the cheapest configuration");
+    assert!(
+        sections >= 4,
+        "the defaults, the cheapest configuration, and past one broker: {sections}"
+    );
 }

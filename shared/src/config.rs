@@ -3,7 +3,11 @@
 
 use std::{env, fmt, time::Duration};
 
-use crate::{secrets::SecretError, shard::SlotTable, topology::QueueType};
+use crate::{
+    secrets::SecretError,
+    shard::{MAX_BROKERS, SlotTable},
+    topology::QueueType,
+};
 
 pub use crate::held::DEFAULT_MAX_POLLS_PER_USER;
 
@@ -288,6 +292,12 @@ fn broker_urls(
         ),
         (None, None) => return Ok((vec![DEFAULT_AMQP_URL.to_owned()], false)),
     };
+    if urls.len() > MAX_BROKERS {
+        return Err(invalid(
+            var,
+            format!("{} brokers: at most {MAX_BROKERS}", urls.len()),
+        ));
+    }
     let mut seen: Vec<String> = Vec::with_capacity(urls.len());
     for (index, url) in urls.iter().enumerate() {
         let which = match var {

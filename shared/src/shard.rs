@@ -22,6 +22,10 @@ use crate::topology::UserId;
 /// spread within 1 % of even over three brokers, small enough to write as ranges.
 pub const SLOTS: u16 = 16_384;
 
+/// Most brokers a deployment may list: each process keeps a connection to every one, and
+/// each broker's record names its number.
+pub const MAX_BROKERS: usize = 64;
+
 /// The CRC-16 Redis Cluster uses for key slots (XMODEM: polynomial 0x1021, initial 0).
 const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
 
@@ -41,6 +45,8 @@ pub fn slot_of_key(key: &[u8]) -> u16 {
 pub enum TableError {
     #[error("no brokers: list at least one")]
     NoBrokers,
+    #[error("{0} brokers: at most {MAX_BROKERS}")]
+    TooManyBrokers(usize),
     #[error("{0:?} is not `first-last:broker` or `slot:broker`")]
     Malformed(String),
     #[error("slot {slot} is past the last slot ({})", SLOTS - 1)]
@@ -70,9 +76,7 @@ pub struct SlotTable {
 impl SlotTable {
     /// The default table of `brokers` brokers: even, contiguous ranges, in list order.
     pub fn even(brokers: usize) -> Result<Self, TableError> {
-        if brokers == 0 {
-            return Err(TableError::NoBrokers);
-        }
+        check_count(brokers)?;
         let slots = usize::from(SLOTS);
         let owners = (0..slots)
             .map(|slot| (slot * brokers / slots) as u16)
@@ -84,9 +88,7 @@ impl SlotTable {
     /// `slot:broker`) entries, ranges inclusive, brokers numbered from 0 in the order of
     /// `AMQP_URLS`. Every slot must have exactly one broker, and every broker a slot.
     pub fn parse(text: &str, brokers: usize) -> Result<Self, TableError> {
-        if brokers == 0 {
-            return Err(TableError::NoBrokers);
-        }
+        check_count(brokers)?;
         let mut owners: Vec<Option<u16>> = vec![None; usize::from(SLOTS)];
         for entry in text
             .split(',')
@@ -189,8 +191,9 @@ impl SlotTable {
     /// A table for one more broker that takes the same share from each broker (the last
     /// slots of each), so the brokers stay even and only the users bound for the new one
     /// move: about 1/(n+1) of them, the least any placement moves.
-    pub fn with_one_more_broker(&self) -> Self {
+    pub fn with_one_more_broker(&self) -> Result<Self, TableError> {
         let next = self.brokers + 1;
+        check_count(next)?;
         let mut owners = self.owners.clone();
         for broker in 0..self.brokers {
             let slots: Vec<usize> = (0..owners.len())
@@ -201,10 +204,10 @@ impl SlotTable {
                 owners[*slot] = self.brokers as u16;
             }
         }
-        Self {
+        Ok(Self {
             owners,
             brokers: next,
-        }
+        })
     }
 
     /// Short fingerprint of the whole table: two processes with the same fingerprint
@@ -215,6 +218,14 @@ impl SlotTable {
             .iter()
             .map(|byte| format!("{byte:02x}"))
             .collect()
+    }
+}
+
+fn check_count(brokers: usize) -> Result<(), TableError> {
+    match brokers {
+        0 => Err(TableError::NoBrokers),
+        1..=MAX_BROKERS => Ok(()),
+        _ => Err(TableError::TooManyBrokers(brokers)),
     }
 }
 
@@ -280,6 +291,7 @@ mod tests {
         let one = SlotTable::even(1).unwrap();
         assert_eq!(one.to_setting(), "0-16383:0");
         assert_eq!(SlotTable::even(0), Err(TableError::NoBrokers));
+        assert_eq!(SlotTable::even(65), Err(TableError::TooManyBrokers(65)));
     }
 
     #[test]
@@ -326,7 +338,7 @@ mod tests {
     #[test]
     fn one_more_broker_moves_only_its_share() {
         let three = SlotTable::even(3).unwrap();
-        let four = three.with_one_more_broker();
+        let four = three.with_one_more_broker().unwrap();
         let moved = (0..SLOTS)
             .filter(|slot| three.broker_of_slot(*slot) != four.broker_of_slot(*slot))
             .count();
@@ -356,7 +368,7 @@ mod tests {
         assert_eq!(table.fingerprint().len(), 12);
         assert_ne!(
             table.fingerprint(),
-            table.with_one_more_broker().fingerprint()
+            table.with_one_more_broker().unwrap().fingerprint()
         );
     }
 }

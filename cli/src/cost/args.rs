@@ -3,7 +3,7 @@
 
 use clap::{Args, ValueEnum};
 
-use super::model::{BrokerPrice, FrontDoor, Inputs};
+use super::model::{BrokerPrice, Deployment, FrontDoor, Inputs};
 
 /// `--front-door`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +116,10 @@ pub struct CostArgs {
         default_value = "mq.t3.micro=0.0312,mq.m5.large=0.288,mq.m5.xlarge=0.576,mq.m5.2xlarge=1.152,mq.m5.4xlarge=2.304"
     )]
     pub broker_prices: Vec<BrokerPrice>,
+    /// Price three-node clusters (quorum queues, at most 5,000 users each) instead of
+    /// single-instance brokers.
+    #[arg(long)]
+    pub broker_cluster: bool,
 }
 
 /// One `--broker-prices` entry, `NAME=PRICE` ($ an hour).
@@ -169,6 +173,10 @@ impl CostArgs {
             load_balancer_hour: self.load_balancer_hour,
             lcu_hour: self.lcu_hour,
             broker_prices: self.broker_prices.clone(),
+            deployment: match self.broker_cluster {
+                true => Deployment::Cluster,
+                false => Deployment::Single,
+            },
         }
     }
 }

@@ -94,13 +94,38 @@ mod tests {
 
     #[test]
     fn the_broker_is_the_smallest_that_holds_the_connections_and_queues() {
+        let size = |estimate: &Estimate| estimate.brokers.as_ref().unwrap().describe();
         let [standard, managed, containers] = three(&args(&["--users", "2000"])).unwrap();
-        assert_eq!(standard.broker_size, "mq.m5.large");
-        assert_eq!(managed.broker_size, "mq.m5.large"); // 6,000 queues
-        assert_eq!(containers.broker_size, "mq.m5.large");
+        assert_eq!(size(&standard), "mq.m5.large");
+        assert_eq!(size(&managed), "mq.m5.large"); // 6,000 queues
+        assert_eq!(size(&containers), "mq.m5.large");
         let small = three(&args(&["--users", "100"])).unwrap();
-        assert_eq!(small[0].broker_size, "mq.t3.micro");
-        assert!(three(&args(&["--users", "100000"])).is_err());
+        assert_eq!(size(&small[0]), "mq.t3.micro");
+    }
+
+    #[test]
+    fn past_one_broker_the_users_are_split_over_the_cheapest_brokers() {
+        let size = |estimate: &Estimate| estimate.brokers.as_ref().unwrap().describe();
+        // 300,000 queues: more than any one size holds. Five mq.m5.xlarge (60,000
+        // queues each) cost what ten mq.m5.large do; the fewer win.
+        let [standard, managed, _] = three(&args(&["--users", "100000"])).unwrap();
+        assert_eq!(size(&managed), "5 × mq.m5.xlarge");
+        let month = managed.brokers.as_ref().unwrap().month;
+        assert!((month - 5.0 * 0.576 * 720.0).abs() < 1e-6, "{month}");
+        // Every standard execution environment connects to every broker: 100,000
+        // connections fit no broker, however many there are.
+        let why = standard.brokers.clone().unwrap_err();
+        assert!(why.contains("100000 connections"), "{why}");
+        assert!(standard.total().is_infinite());
+        // Clusters hold at most 5,000 quorum queues each, and cost three nodes.
+        let clusters = args(&["--users", "100000", "--broker-cluster"]);
+        let [_, managed, _] = three(&clusters).unwrap();
+        let brokers = managed.brokers.unwrap();
+        assert_eq!(brokers.describe(), "20 × mq.m5.large");
+        assert!((brokers.month - 20.0 * 3.0 * 0.288 * 720.0).abs() < 1e-6);
+        // A million users need more clusters than a deployment lists.
+        let million = args(&["--users", "1000000", "--broker-cluster"]);
+        assert!(three(&million).unwrap()[1].brokers.is_err());
     }
 
     #[test]
@@ -178,12 +203,12 @@ mod tests {
         assert_eq!(read.broker_prices[0].name, "mq.t3.micro");
         assert_eq!(read.broker_prices[0].hour, 0.5);
         // A size the load needs with no price is the model's error.
-        assert!(
-            estimate(&Inputs {
-                users: 2000,
-                ..read
-            })
-            .is_err()
-        );
+        let estimates = estimate(&Inputs {
+            users: 2000,
+            ..read
+        })
+        .unwrap();
+        let why = estimates.of(Mode::Managed).brokers.clone().unwrap_err();
+        assert!(why.contains("none for mq.m5.large"), "{why}");
     }
 }

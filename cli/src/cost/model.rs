@@ -10,6 +10,26 @@ pub enum FrontDoor {
     Alb,
 }
 
+/// How each broker is deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deployment {
+    /// A single-instance broker: one node, classic queues.
+    Single,
+    /// A three-node cluster (Amazon MQ's `CLUSTER_MULTI_AZ`), billed per node, with
+    /// quorum user queues.
+    Cluster,
+}
+
+impl Deployment {
+    /// Nodes billed per broker.
+    fn nodes(self) -> u64 {
+        match self {
+            Deployment::Single => 1,
+            Deployment::Cluster => 3,
+        }
+    }
+}
+
 /// A single-instance Amazon MQ broker size's price, $ an hour.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BrokerPrice {
@@ -75,6 +95,7 @@ pub struct Inputs {
     pub load_balancer_hour: f64,
     pub lcu_hour: f64,
     pub broker_prices: Vec<BrokerPrice>,
+    pub deployment: Deployment,
 }
 
 /// Amazon MQ for RabbitMQ sizes: name, connections, queues (AWS's sizing guidelines for
@@ -90,6 +111,35 @@ const BROKER_SIZES: [(&str, u64, u64); 5] = [
 /// Queues per online user: their queue, its binding record, their presence queue.
 const QUEUES_PER_USER: u64 = 3;
 
+/// The size AWS offers for evaluation only: priced as a lone broker, never as a shard.
+const EVALUATION_SIZE: &str = "mq.t3.micro";
+
+/// Quorum queues (one per user) a cluster holds before RabbitMQ's quorum-queue guide
+/// asks for a design review; restarts grow with their number.
+const QUORUM_QUEUES_PER_CLUSTER: u64 = 5_000;
+
+/// Most brokers a deployment lists (`AMQP_URLS`).
+pub const MAX_BROKERS: u64 = longpoll::shard::MAX_BROKERS as u64;
+
+/// The brokers a deployment needs: how many, of which size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Brokers {
+    pub count: u64,
+    pub size: String,
+    /// $ a month, for all of them.
+    pub month: f64,
+}
+
+impl Brokers {
+    /// `mq.m5.large`, or `3 × mq.m5.large`.
+    pub fn describe(&self) -> String {
+        match self.count {
+            1 => self.size.clone(),
+            count => format!("{count} × {}", self.size),
+        }
+    }
+}
+
 /// One way of running it, for one month.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Estimate {
@@ -101,15 +151,22 @@ pub struct Estimate {
     pub logs: f64,
     /// The functions' metrics: their log bytes and CloudWatch's price per metric.
     pub metrics: f64,
-    pub broker_size: String,
-    pub broker: f64,
+    /// The brokers, or why no number of them holds the load.
+    pub brokers: Result<Brokers, String>,
+    /// AMQP connections each broker holds at the peak: every process keeps one to each
+    /// broker it has served a user of, so in time to all of them.
     pub connections: u64,
     pub queues: u64,
 }
 
 impl Estimate {
+    /// The month's total; infinite when no brokers hold the load.
     pub fn total(&self) -> f64 {
-        self.compute + self.requests + self.front + self.logs + self.metrics + self.broker
+        let broker = self
+            .brokers
+            .as_ref()
+            .map_or(f64::INFINITY, |brokers| brokers.month);
+        self.compute + self.requests + self.front + self.logs + self.metrics + broker
     }
 }
 
@@ -165,15 +222,11 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
     let standard_metrics =
         polls * args.metric_bytes_per_poll / 1e9 * args.log_per_gb + metric_series;
     let queues = args.users * QUEUES_PER_USER;
-    let broker = |connections: u64| -> Result<(String, f64), String> {
-        let (name, price) = broker_size(&args.broker_prices, connections, queues)?;
-        Ok((name, price * month_hours))
-    };
+    let broker = |connections: u64| brokers(args, connections, month_hours);
 
     // Standard: every online user holds one execution all the time they are online.
     let gb_seconds = users * online_hours * 3600.0 * args.lambda_memory_gb;
     let standard_connections = args.users;
-    let (size, broker_cost) = broker(standard_connections)?;
     let standard = Estimate {
         mode: Mode::Standard,
         compute: gb_seconds * args.lambda_gb_second,
@@ -181,8 +234,7 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         front: lambda_front,
         logs,
         metrics: standard_metrics,
-        broker_size: size,
-        broker: broker_cost,
+        brokers: broker(standard_connections),
         connections: standard_connections,
         queues,
     };
@@ -194,7 +246,6 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         .max(args.min_instances);
     let instance_hours = peak_instances as f64 * online_hours
         + args.min_instances as f64 * (month_hours - online_hours);
-    let (size, broker_cost) = broker(environments)?;
     // Every environment flushes once a second while it runs: the peak's while users are
     // online, one per instance kept off-peak.
     let environment_seconds = 3600.0
@@ -209,8 +260,7 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         front: lambda_front,
         logs,
         metrics: managed_metrics,
-        broker_size: size,
-        broker: broker_cost,
+        brokers: broker(environments),
         connections: environments,
         queues,
     };
@@ -222,7 +272,6 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         .max(args.min_tasks);
     let task_hours =
         tasks as f64 * online_hours + args.min_tasks as f64 * (month_hours - online_hours);
-    let (size, broker_cost) = broker(tasks)?;
     let containers = Estimate {
         mode: Mode::Containers,
         compute: task_hours * args.task_hour,
@@ -231,33 +280,70 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         logs,
         // Prometheus scrapes the local server's /metrics: nothing to ingest or buy.
         metrics: 0.0,
-        broker_size: size,
-        broker: broker_cost,
+        brokers: broker(tasks),
         connections: tasks,
         queues,
     };
     Ok(Estimates([standard, managed, containers]))
 }
 
-/// The smallest broker size whose limits fit `connections` and `queues`, and its price.
+/// The cheapest brokers that hold the users when every process keeps `connections` to
+/// each: for each number of brokers up to [`MAX_BROKERS`], the users split evenly (the
+/// slot table's default), the smallest size whose limits fit one broker's share (never
+/// [`EVALUATION_SIZE`] for more than one), and for a cluster no more quorum queues than
+/// [`QUORUM_QUEUES_PER_CLUSTER`]. Fewer brokers win a tie.
+fn brokers(args: &Inputs, connections: u64, month_hours: f64) -> Result<Brokers, String> {
+    let mut cheapest: Option<Brokers> = None;
+    for count in 1..=MAX_BROKERS {
+        let users = args.users.div_ceil(count);
+        if args.deployment == Deployment::Cluster && users > QUORUM_QUEUES_PER_CLUSTER {
+            continue;
+        }
+        let queues = users * QUEUES_PER_USER;
+        let Some((size, hour)) = broker_size(&args.broker_prices, connections, queues, count == 1)?
+        else {
+            continue;
+        };
+        let month = count as f64 * args.deployment.nodes() as f64 * hour * month_hours;
+        if cheapest.as_ref().is_none_or(|best| month < best.month) {
+            cheapest = Some(Brokers { count, size, month });
+        }
+    }
+    cheapest.ok_or_else(|| {
+        let (largest, max_connections, _) = BROKER_SIZES[BROKER_SIZES.len() - 1];
+        if connections > max_connections {
+            format!(
+                "none: {connections} connections to each broker (every process connects to every broker) exceed {largest}'s {max_connections}"
+            )
+        } else {
+            format!("none: {MAX_BROKERS} brokers do not hold {} users", args.users)
+        }
+    })
+}
+
+/// The smallest broker size whose limits fit `connections` and `queues`, and its price
+/// an hour; `None` when none does. `lone`: the deployment's only broker, which may be
+/// the evaluation size.
 fn broker_size(
     prices: &[BrokerPrice],
     connections: u64,
     queues: u64,
-) -> Result<(String, f64), String> {
+    lone: bool,
+) -> Result<Option<(String, f64)>, String> {
     for (name, max_connections, max_queues) in BROKER_SIZES {
-        if connections > max_connections || queues > max_queues {
+        if connections > max_connections
+            || queues > max_queues
+            || (name == EVALUATION_SIZE && !lone)
+        {
             continue;
         }
         let price = prices
             .iter()
             .find(|price| price.name == name)
             .ok_or_else(|| format!("the broker prices have none for {name}"))?;
-        return Ok((name.to_owned(), price.hour));
+        return Ok(Some((name.to_owned(), price.hour)));
     }
-    Err(format!(
-        "{connections} connections and {queues} queues are more than one broker holds (mq.m5.4xlarge: 40,000 and 240,000); split the users over several"
-    ))
+    Ok(None)
 }
 
 /// The fewest online users (from 100 up to 100,000) at which `cheaper` costs less than

@@ -1,12 +1,15 @@
 //! What `longpoll cost` prints: a Markdown table of every mode's month, and the
 //! crossover points.
 
-use super::model::{Estimate, FrontDoor, Inputs, Mode, crossover, estimate};
+use super::model::{Deployment, Estimate, FrontDoor, Inputs, Mode, crossover, estimate};
 
 /// The report `longpoll cost` prints: a Markdown table and the crossover points.
 pub fn report(args: &Inputs) -> Result<String, String> {
     let estimates = estimate(args)?;
-    let money = |value: f64| format!("${}", thousands(value.round() as u64));
+    let money = |value: f64| match value.is_finite() {
+        true => format!("${}", thousands(value.round() as u64)),
+        false => "–".to_owned(),
+    };
     let row = |label: &str, value: &dyn Fn(&Estimate) -> String| {
         let cells: Vec<String> = estimates.iter().map(value).collect();
         format!("| {label} | {} |\n", cells.join(" | "))
@@ -39,17 +42,23 @@ pub fn report(args: &Inputs) -> Result<String, String> {
     out += &row("metrics (CloudWatch; Prometheus in containers)", &|e| {
         money(e.metrics)
     });
-    out += &row("broker (Amazon MQ, single instance)", &|e| {
-        format!("{} {}", e.broker_size, money(e.broker))
+    let brokers = match args.deployment {
+        Deployment::Single => "brokers (Amazon MQ, single instances)",
+        Deployment::Cluster => "brokers (Amazon MQ, three-node clusters)",
+    };
+    out += &row(brokers, &|e| match &e.brokers {
+        Ok(brokers) => format!("{} {}", brokers.describe(), money(brokers.month)),
+        Err(why) => why.clone(),
     });
     out += &row("**total**", &|e| format!("**{}**", money(e.total())));
-    out += &row("per online user", &|e| {
-        format!("${:.3}", e.total() / args.users as f64)
+    out += &row("per online user", &|e| match e.total().is_finite() {
+        true => format!("${:.3}", e.total() / args.users as f64),
+        false => "–".to_owned(),
     });
-    out += &row("AMQP connections at the peak", &|e| {
+    out += &row("AMQP connections per broker at the peak", &|e| {
         thousands(e.connections)
     });
-    out += &row("broker queues", &|e| thousands(e.queues));
+    out += &row("broker queues in all", &|e| thousands(e.queues));
     out += "\n";
     let from = |users: Option<u64>| match users {
         Some(users) => format!("from {} online users", thousands(users)),

@@ -48,15 +48,29 @@ impl Functions {
         queue_type: QueueType,
         hold: Duration,
     ) -> Self {
+        Self::start_with(users, amqp_url, queue_type, hold, &[]).await
+    }
+
+    /// [`Functions::start`] with `extra` added to the processes' environment (it wins;
+    /// a variable set to blank counts as unset, so `("AMQP_URL", "")` beside
+    /// `("AMQP_URLS", …)` runs them on several brokers).
+    pub async fn start_with(
+        users: usize,
+        amqp_url: &str,
+        queue_type: QueueType,
+        hold: Duration,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let (poll_events, publish_event) = (built("poll-events"), built("publish-event"));
         let (polls, publishes) = (RuntimeApi::start().await, RuntimeApi::start().await);
         let hold_ms = hold.as_millis().to_string();
-        let env = [
+        let mut env = vec![
             ("QUEUE_TYPE", queue_type.as_str()),
             ("POLL_TIMEOUT_MS", hold_ms.as_str()),
             ("PUBLISH_API_KEY", DEV_PUBLISH_KEY),
             ("METRICS", "off"),
         ];
+        env.extend_from_slice(extra);
         let mut processes = Vec::new();
         for n in 0..PROCESSES {
             let name = format!("poll-events-drill-{n}");
