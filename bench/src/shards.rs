@@ -314,11 +314,25 @@ pub async fn run(options: &Options) {
             spread.memory_per_user_kib
         );
     }
+    let herd = |report: &HerdReport| {
+        let after = |time: Option<Duration>| {
+            time.filter(|time| *time != Duration::MAX)
+                .map_or("never".to_owned(), |time| {
+                    format!("{:.1} s", time.as_secs_f64())
+                })
+        };
+        format!(
+            "all held after {}, all answered 200 after {}, {} first polls not 200",
+            after(report.all_held_after),
+            after(Some(report.all_answered_after)),
+            report.failures()
+        )
+    };
     println!(
-        "\nThe slot table: `{}`. Every herd user held and answered: one node {}, three shards {}.",
+        "\nThe slot table: `{}`. The herds: one node, {}; three shards, {}.",
         table.to_setting(),
-        held(&spreads[0].herd),
-        held(&spreads[1].herd)
+        herd(&spreads[0].herd),
+        herd(&spreads[1].herd)
     );
 
     eprintln!(

@@ -38,7 +38,11 @@ impl PrivateNode {
         if let Some(management_port) = management_port {
             command.env("MANAGEMENT_PORT", management_port.to_string());
         }
-        let status = command.status().expect("scripts/private-rabbitmq runs");
+        // The script prints the node's URL; `url` gives it to whoever needs it.
+        let status = command
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("scripts/private-rabbitmq runs");
         assert!(status.success(), "the private node on {port} started");
         Self {
             port,
