@@ -377,7 +377,7 @@ async fn the_functions_on_three_shards() {
         let ids = functions
             .poll(user, cursor(user, "").as_deref(), hold)
             .await;
-        assert_eq!(ids.outcome.unwrap(), [event.id.clone()]);
+        assert_eq!(ids.outcome.unwrap(), std::slice::from_ref(&event.id));
         let next = functions
             .poll(user, cursor(user, &event.id).as_deref(), hold)
             .await;

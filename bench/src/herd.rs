@@ -45,7 +45,7 @@ impl HerdReport {
     /// The report as one JSON line ([`HerdReport::from_json`] reads it back); seconds as
     /// numbers, `null` for never.
     pub fn to_json(&self) -> serde_json::Value {
-        let seconds = |after: Duration| (after != Duration::MAX).then(|| after.as_secs_f64());
+        let seconds = |after: Duration| (after != Duration::MAX).then_some(after.as_secs_f64());
         serde_json::json!({
             "users": self.users,
             "failed": self.failed,

@@ -16,7 +16,7 @@
 //! - [`session`]: the connection, opened on demand and replaced when it dies;
 //! - `lanes`: its channels: shared lanes, and channels of an operation's own;
 //! - `runner`: every operation runs through [`RabbitBroker::run_on`] (a turn, a bounded
-//!   wait, one retry on a fresh connection) and lapin's errors become [`BrokerError`](crate::broker::BrokerError)s;
+//!   wait, one retry on a fresh connection) and lapin's errors become [`BrokerError`]s;
 //! - `declare`: a subscriber's queue, its bindings and binding record, the device cap;
 //! - `consume`: a poll's consumer, from set-up to the batch it takes;
 //! - `settle`: a taken batch acked or given back, in queue order;
