@@ -6,9 +6,12 @@ run by the template's `FunctionBrokerUser` resource, signs in as that administra
 gives the functions' user only what they use, in one vhost:
 
 - configure (declare, delete): the per-user event queues, their binding records, the
-  presence queues, and the two exchanges the functions declare;
+  presence queues, the two exchanges the functions declare, and `longpoll.shard`, where a
+  broker that is one of several records its place (docs/contract.md, "Placement over
+  several brokers");
 - write (publish, bind a queue): the same, plus the default exchange (binding records
-  and presence lookups are published to it);
+  and presence lookups are published to it) and the shard record's names
+  (`longpoll.shard.*`: RabbitMQ asks for write on an alternate exchange);
 - read (consume, get, purge, bind from an exchange): the same as configure.
 
 Nothing else: no other queue or exchange, no management tags. `tests/infra.rs` runs this
@@ -31,16 +34,18 @@ import boto3
 # The queue name prefixes of the functions (longpoll::topology).
 QUEUE_PREFIXES = ("event_queue:user:", "bindings:event_queue:user:", "online_status:user:")
 TIMEOUT_SECONDS = 20
+# The exchange whose argument records a broker's place among several (longpoll::shard).
+SHARD_RECORD = "longpoll.shard"
 
 
 def permissions(exchange):
     """The configure, write and read patterns for the functions of `exchange`."""
     queues = [re.escape(prefix) + ".+" for prefix in QUEUE_PREFIXES]
-    exchanges = [re.escape(exchange), re.escape(exchange + ".presence")]
+    exchanges = [re.escape(exchange), re.escape(exchange + ".presence"), re.escape(SHARD_RECORD)]
     anchored = lambda names: "^(" + "|".join(names) + ")$"
     return {
         "configure": anchored(queues + exchanges),
-        "write": anchored(queues + exchanges + [re.escape("amq.default")]),
+        "write": anchored(queues + exchanges + [re.escape("amq.default"), re.escape(SHARD_RECORD + ".") + ".+"]),
         "read": anchored(queues + exchanges),
     }
 

@@ -2,7 +2,7 @@
 //! template's `FunctionBrokerUser` custom resource) against a real node: the handler,
 //! run as CloudFormation would, creates the user through RabbitMQ's management API; the
 //! functions then do all they do as that user (the end-to-end scenario, device queues,
-//! cursor polls, a college move), and the user is refused everything else; Delete
+//! cursor polls, a college move, a shard record), and the user is refused everything else; Delete
 //! removes it. A private node: the test adds and removes users.
 
 use std::{process::Command, time::Duration};
@@ -12,7 +12,12 @@ use lapin::{
     options::{BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use longpoll::{Config, topology::CollegeId};
+use longpoll::{
+    Broker, Config, RabbitBroker,
+    broker::BrokerError,
+    shard::{ShardRecord, SlotTable},
+    topology::CollegeId,
+};
 mod common;
 
 use longpoll_local::{BrokerKind, DEV_JWT_SECRET, DEV_PUBLISH_KEY};
@@ -147,6 +152,22 @@ async fn the_functions_broker_user_may_do_what_they_do_and_nothing_else() {
     let notice = |college: CollegeId| json!({"college_id": college.0, "event": "notification", "data": {"title": "t", "message": "m"}});
     assert_eq!(publish(notice(old)).await["published"][0]["routed"], false);
     assert_eq!(publish(notice(new)).await["published"][0]["routed"], true);
+
+    // With users on several brokers, it records this broker's place among them (the shard
+    // record), and the broker holds it to that record.
+    let shard = RabbitBroker::new(&Config::new(&url, None, &unique_name("shard-record")));
+    let table = SlotTable::even(2).unwrap();
+    let record = ShardRecord::of(&table, 1);
+    shard
+        .claim_shard(&record)
+        .await
+        .expect("the user may record the shard");
+    shard.claim_shard(&record).await.expect("and find it again");
+    let other = shard.claim_shard(&ShardRecord::of(&table, 0)).await;
+    assert!(
+        matches!(&other, Err(BrokerError::Refused { reason, .. }) if reason.contains("inequivalent arg")),
+        "{other:?}"
+    );
 
     // Nothing else: another queue or exchange, or another's queue.
     let connection = Connection::connect(&url, ConnectionProperties::default())

@@ -262,11 +262,13 @@ impl ShardRecord {
         }
     }
 
-    /// The record as stored: `broker-1-of-3-table-<fingerprint>`, readable in the
-    /// management UI.
+    /// The record as stored: `longpoll.shard.broker-1-of-3-table-<fingerprint>`,
+    /// readable in the management UI. It names an exchange (the alternate one, never
+    /// declared), so a broker user scoped to the project's names is given write on
+    /// `longpoll.shard.*` for it: RabbitMQ asks for that on the alternate exchange.
     pub fn as_argument(&self) -> String {
         format!(
-            "broker-{}-of-{}-table-{}",
+            "{SHARD_RECORD_EXCHANGE}.broker-{}-of-{}-table-{}",
             self.broker, self.brokers, self.fingerprint
         )
     }
@@ -363,7 +365,7 @@ mod tests {
         let record = ShardRecord::of(&table, 1).as_argument();
         assert_eq!(
             record,
-            format!("broker-1-of-3-table-{}", table.fingerprint())
+            format!("longpoll.shard.broker-1-of-3-table-{}", table.fingerprint())
         );
         assert_eq!(table.fingerprint().len(), 12);
         assert_ne!(

@@ -23,7 +23,7 @@ use crate::{
     budget::PollBudget,
     config::Config,
     event::Event,
-    shard::{ShardRecord, SlotTable},
+    shard::{SHARD_RECORD_EXCHANGE, ShardRecord, SlotTable},
     topology::{Audience, CollegeId, Subscriber, UserId},
 };
 
@@ -159,19 +159,27 @@ impl ShardedBroker {
     }
 }
 
-/// Why a broker that refused `expected` is refused in turn: the record it holds (from
-/// RabbitMQ's "received '…' but current is '…'"), and what usually causes that.
+/// Why a broker that refused `expected` is refused in turn. RabbitMQ's 406 "received
+/// '…' but current is '…'" means the broker holds another record (what usually causes
+/// that is said); any other refusal (a 403: the broker user may not declare the record)
+/// means the record cannot be checked, and says so.
 fn stale_reason(expected: &ShardRecord, refusal: &str) -> String {
     let held = refusal
         .split_once("current is '")
         .and_then(|(_, rest)| rest.split_once('\''))
-        .map_or(refusal, |(held, _)| held);
-    format!(
-        "it records itself as {held}, and this process's AMQP_URLS and AMQP_SLOTS make it {}: \
-         they differ from the deployment that first used it (a stale deploy, a reordered list, \
-         or two URLs that reach one broker)",
-        expected.as_argument()
-    )
+        .map(|(held, _)| held);
+    match held {
+        Some(held) => format!(
+            "it records itself as {held}, and this process's AMQP_URLS and AMQP_SLOTS make it {}: \
+             they differ from the deployment that first used it (a stale deploy, a reordered list, \
+             or two URLs that reach one broker)",
+            expected.as_argument()
+        ),
+        None => format!(
+            "its shard record cannot be checked ({refusal}): the broker user needs configure \
+             and read on the exchange {SHARD_RECORD_EXCHANGE} and write on {SHARD_RECORD_EXCHANGE}.*"
+        ),
+    }
 }
 
 #[async_trait]
@@ -592,5 +600,25 @@ mod tests {
         let other = SlotTable::parse("0-99:0,100-16383:1", 2).unwrap();
         let resplit = ShardedBroker::new(vec![first, memory()], other);
         assert!(resplit.verify().await.is_err());
+    }
+
+    #[test]
+    fn a_refusal_that_is_not_another_record_says_what_permission_is_missing() {
+        let record = ShardRecord::of(&SlotTable::even(2).unwrap(), 0);
+        let denied = stale_reason(
+            &record,
+            "ACCESS_REFUSED - access to exchange 'longpoll.shard' in vhost '/' refused for user 'fn'",
+        );
+        assert!(denied.contains("cannot be checked"), "{denied}");
+        assert!(denied.contains("write on longpoll.shard.*"), "{denied}");
+        let other = stale_reason(
+            &record,
+            "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange 'longpoll.shard' \
+             in vhost '/': received 'x' but current is 'longpoll.shard.broker-1-of-2-table-0'",
+        );
+        assert!(
+            other.starts_with("it records itself as longpoll.shard.broker-1-of-2-table-0"),
+            "{other}"
+        );
     }
 }
