@@ -30,17 +30,6 @@ use serde_json::{Value, json};
 /// The servers' hold, short for the test.
 const HOLD_MS: &str = "1000";
 
-/// Three private nodes, started side by side (each takes seconds to boot).
-fn three_nodes() -> Vec<PrivateNode> {
-    let starting: Vec<_> = (0..3)
-        .map(|_| std::thread::spawn(|| PrivateNode::start(None)))
-        .collect();
-    starting
-        .into_iter()
-        .map(|node| node.join().expect("a private node started"))
-        .collect()
-}
-
 /// A fresh user whose slot `table` places on `broker`.
 fn user_on(table: &SlotTable, broker: usize) -> UserId {
     std::iter::repeat_with(unique_user)
@@ -173,7 +162,9 @@ fn user_queues(node: &PrivateNode) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_brokers_as_shards_through_the_local_server() {
-    let nodes = tokio::task::spawn_blocking(three_nodes).await.unwrap();
+    let nodes = tokio::task::spawn_blocking(|| PrivateNode::start_several(3))
+        .await
+        .unwrap();
     let urls: Vec<String> = nodes.iter().map(PrivateNode::url).collect();
     let site = Site::start(&urls.join(",")).await;
     let table = SlotTable::even(3).unwrap();
@@ -340,7 +331,9 @@ async fn three_brokers_as_shards_through_the_local_server() {
 /// own users alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_functions_on_three_shards() {
-    let nodes = tokio::task::spawn_blocking(three_nodes).await.unwrap();
+    let nodes = tokio::task::spawn_blocking(|| PrivateNode::start_several(3))
+        .await
+        .unwrap();
     let urls: Vec<String> = nodes.iter().map(PrivateNode::url).collect();
     let urls = urls.join(",");
     let hold = Duration::from_millis(800);

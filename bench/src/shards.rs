@@ -87,29 +87,19 @@ impl<'a> Site<'a> {
         self.nodes.iter().map(|node| node.name()).collect()
     }
 
-    /// The user queues each node holds.
-    fn user_queues(&self) -> Vec<usize> {
+    /// Each node's queues: the users' event queues, and every kind in all.
+    fn queue_counts(&self) -> (Vec<usize>, Vec<usize>) {
         self.nodes
             .iter()
             .map(|node| {
-                node.ctl(&["list_queues", "name", "--no-table-headers"])
+                let names = node.ctl(&["list_queues", "name", "--no-table-headers"]);
+                let users = names
                     .lines()
                     .filter(|name| name.starts_with("event_queue:user:"))
-                    .count()
+                    .count();
+                (users, names.lines().count())
             })
-            .collect()
-    }
-
-    /// Queues of every kind each node holds.
-    fn queues(&self) -> Vec<usize> {
-        self.nodes
-            .iter()
-            .map(|node| {
-                node.ctl(&["list_queues", "name", "--no-table-headers"])
-                    .lines()
-                    .count()
-            })
-            .collect()
+            .unzip()
     }
 
     /// The nodes' memory in all, in bytes.
@@ -212,17 +202,6 @@ impl<'a> Site<'a> {
     }
 }
 
-/// Private nodes, started side by side.
-fn start_nodes(count: usize) -> Vec<PrivateNode> {
-    let starting: Vec<_> = (0..count)
-        .map(|_| std::thread::spawn(|| PrivateNode::start(None)))
-        .collect();
-    starting
-        .into_iter()
-        .map(|node| node.join().expect("a private node started"))
-        .collect()
-}
-
 /// What the spread herd left on a site.
 struct Spread {
     user_queues: Vec<usize>,
@@ -235,9 +214,10 @@ async fn spread(site: &Site<'_>, users: usize) -> Spread {
     let before = site.memory();
     let herd = site.herd(users).await;
     let after = site.memory();
+    let (user_queues, queues) = site.queue_counts();
     Spread {
-        user_queues: site.user_queues(),
-        queues: site.queues(),
+        user_queues,
+        queues,
         memory_per_user_kib: after.saturating_sub(before) as f64 / 1024.0 / users as f64,
         herd,
     }
@@ -271,7 +251,7 @@ fn held(report: &HerdReport) -> String {
 
 pub async fn run(options: &Options) {
     eprintln!("starting four private nodes");
-    let nodes = tokio::task::spawn_blocking(|| start_nodes(4))
+    let nodes = tokio::task::spawn_blocking(|| PrivateNode::start_several(4))
         .await
         .unwrap();
     let single = Site::start("one node", vec![&nodes[3]]).await;

@@ -18,6 +18,18 @@ impl PrivateNode {
         Self::start_with(definitions, None)
     }
 
+    /// Starts `count` nodes side by side (each takes seconds to boot): several brokers,
+    /// such as the shards of one deployment.
+    pub fn start_several(count: usize) -> Vec<Self> {
+        let starting: Vec<_> = (0..count)
+            .map(|_| std::thread::spawn(|| Self::start(None)))
+            .collect();
+        starting
+            .into_iter()
+            .map(|node| node.join().expect("a private node started"))
+            .collect()
+    }
+
     /// Starts a node that also serves RabbitMQ's management API (HTTP, loopback).
     pub fn start_with_management() -> Self {
         Self::start_with(None, Some(crate::server::free_port()))
