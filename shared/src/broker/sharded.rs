@@ -436,6 +436,15 @@ mod tests {
         }
     }
 
+    /// `user`'s own queue, as a member of `college`.
+    fn member(user: UserId, college: CollegeId) -> Subscriber {
+        Subscriber {
+            user_id: user,
+            college_id: Some(college),
+            device: None,
+        }
+    }
+
     fn budget() -> PollBudget {
         PollBudget::new(Duration::from_millis(50), None)
     }
@@ -454,11 +463,7 @@ mod tests {
         let college = CollegeId(9);
         for broker in 0..2 {
             let user = user_on(&table, broker);
-            let subscriber = Subscriber {
-                user_id: user,
-                college_id: Some(college),
-                device: None,
-            };
+            let subscriber = member(user, college);
             assert!(
                 sharded
                     .wait_for_events(&subscriber, &budget())
@@ -508,11 +513,7 @@ mod tests {
             .unwrap();
         assert_eq!(receipts[0], Receipt::new(receipts[0].id.clone(), true));
         for user in [first, second] {
-            let subscriber = Subscriber {
-                user_id: user,
-                college_id: Some(college),
-                device: None,
-            };
+            let subscriber = member(user, college);
             assert_eq!(
                 sharded
                     .wait_for_events(&subscriber, &budget())
@@ -534,11 +535,7 @@ mod tests {
             .mark_online(up, Some(college), &budget())
             .await
             .unwrap();
-        let subscriber = Subscriber {
-            user_id: up,
-            college_id: Some(college),
-            device: None,
-        };
+        let subscriber = member(up, college);
         sharded
             .wait_for_events(&subscriber, &budget())
             .await
