@@ -572,6 +572,20 @@ fn the_dashboard_and_latency_alarm_read_the_functions_metrics() {
     assert_eq!(alarm["MetricName"], DELIVERY_LATENCY);
     assert_eq!(alarm["ExtendedStatistic"], "p99");
 
+    // With several brokers, one alarm whose contributors are the failing shards.
+    let shard_alarm = &template["Resources"]["ShardFailingAlarm"];
+    assert_eq!(shard_alarm["Condition"], "SeveralBrokers");
+    let query = &shard_alarm["Properties"]["Metrics"][0]["Expression"];
+    let query_text = format!("{query:?}");
+    for part in [
+        BROKER_FAILURES,
+        "shard)",
+        "GROUP BY shard",
+        "Longpoll/${AWS::StackName}",
+    ] {
+        assert!(query_text.contains(part), "{part} in {query_text}");
+    }
+
     let dashboard = &template["Resources"]["Dashboard"]["Properties"]["DashboardBody"];
     let Value::Tagged(sub) = dashboard else {
         panic!("the body is a !Sub");

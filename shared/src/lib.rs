@@ -30,9 +30,10 @@
 //! 2. Settings and the rules of one request.
 //!    - [`config`]: settings from the environment, with defaults from the contract; a
 //!      missing required setting is an error that names the variable.
-//!    - [`secrets`]: `AMQP_URL`, `JWT_SECRET` and `PUBLISH_API_KEY` from AWS Secrets
-//!      Manager when their ARNs are set (read once per cold start through `aws-config`,
-//!      feature `secrets-manager`, on in the Lambda functions).
+//!    - [`secrets`]: `AMQP_URL` (or `AMQP_URLS`, a secret per broker), `JWT_SECRET` and
+//!      `PUBLISH_API_KEY` from AWS Secrets Manager when their ARNs are set (read once per
+//!      cold start through `aws-config`, feature `secrets-manager`, on in the Lambda
+//!      functions).
 //!    - [`token`]: finding the user token in a request (query, `Token`, `Bearer`) and
 //!      verifying it (HS256 JWT); minting tokens for tests and local use.
 //!    - [`budget`]: [`budget::PollBudget`], how long a poll's set-up, hold and clean-up

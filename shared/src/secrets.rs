@@ -1,6 +1,7 @@
-//! Settings kept in AWS Secrets Manager: the broker credentials (`AMQP_SECRET_ARN`), the
-//! JWT signing key (`JWT_SECRET_ARN`) and the publish key (`PUBLISH_API_KEY_SECRET_ARN`,
-//! behind an ALB, which has no IAM check).
+//! Settings kept in AWS Secrets Manager: the broker credentials (`AMQP_SECRET_ARN`, or
+//! `AMQP_SECRET_ARNS` with one secret per broker in `AMQP_URLS`), the JWT signing key
+//! (`JWT_SECRET_ARN`) and the publish key (`PUBLISH_API_KEY_SECRET_ARN`, behind an ALB,
+//! which has no IAM check).
 //!
 //! Read once per cold start, through `aws-config` (region, credentials and
 //! `AWS_ENDPOINT_URL` from the environment, as every AWS SDK does) and the Secrets
@@ -11,8 +12,9 @@
 //! - broker: a whole URL (`amqps://user:pass@host:5671`), or JSON with `url`, or JSON with
 //!   `username` and `password` (what Amazon MQ's own secrets hold), which are put into
 //!   `AMQP_URL` (the broker's endpoint without credentials, e.g. from the template);
+//!   with several brokers, `AMQP_SECRET_ARNS` lists one such secret per broker, in the
+//!   order of `AMQP_URLS`, and each fills in its own broker's endpoint;
 //! - JWT, publish key: the key itself, as plain text.
-
 //!
 //! Which variables a secret may stand in for ([`SECRET_BACKED`]) and how a secret fails
 //! ([`SecretError`]) hold in every build; the reading itself, through the AWS SDK, is
@@ -21,8 +23,9 @@
 
 /// The variables a secret in AWS Secrets Manager may stand in for, each with the variable
 /// naming its ARN.
-pub const SECRET_BACKED: [(&str, &str); 3] = [
+pub const SECRET_BACKED: [(&str, &str); 4] = [
     ("AMQP_URL", "AMQP_SECRET_ARN"),
+    ("AMQP_URLS", "AMQP_SECRET_ARNS"),
     ("JWT_SECRET", "JWT_SECRET_ARN"),
     ("PUBLISH_API_KEY", "PUBLISH_API_KEY_SECRET_ARN"),
 ];

@@ -1,7 +1,7 @@
-"""Creates the three secrets a deployed function reads, in a Secrets Manager at
-AWS_ENDPOINT_URL (moto's server in tests/secrets.rs), and prints their ARNs as JSON.
+"""Creates secrets in a Secrets Manager at AWS_ENDPOINT_URL (moto's server in
+tests/secrets.rs), one per NAME=VALUE, and prints their ARNs as JSON by NAME.
 
-    python seed_secrets.py NAME_PREFIX BROKER_SECRET JWT_SECRET PUBLISH_KEY
+    python seed_secrets.py NAME_PREFIX NAME=VALUE...
 """
 
 import json
@@ -10,10 +10,11 @@ import sys
 
 import boto3
 
-prefix, broker_secret, jwt_secret, publish_key = sys.argv[1:5]
+prefix, pairs = sys.argv[1], sys.argv[2:]
 # Endpoint and keys from the environment; botocore reads AWS_DEFAULT_REGION, not AWS_REGION.
 client = boto3.client("secretsmanager", region_name=os.environ["AWS_REGION"])
-broker = client.create_secret(Name=f"{prefix}/amqp", SecretString=broker_secret)
-jwt = client.create_secret(Name=f"{prefix}/jwt", SecretString=jwt_secret)
-publish = client.create_secret(Name=f"{prefix}/publish-key", SecretString=publish_key)
-print(json.dumps({"amqp": broker["ARN"], "jwt": jwt["ARN"], "publish": publish["ARN"]}))
+arns = {}
+for pair in pairs:
+    name, value = pair.split("=", 1)
+    arns[name] = client.create_secret(Name=f"{prefix}/{name}", SecretString=value)["ARN"]
+print(json.dumps(arns))
