@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use longpoll::{
-    broker::user_queue_table,
+    broker::{Publication, user_queue_table},
     topology::{
         Audience, QUORUM_DELIVERY_LIMIT, QueueType, SINGLE_ACTIVE_CONSUMER, Subscriber,
         binding_record_queue_name, presence_queue_name,
@@ -304,6 +304,26 @@ async fn concurrent_publishes_report_their_own_routing(make: MakeBroker) {
     }
 }
 
+/// One event (one id) sent to several users in one batch, as a backend's "to these
+/// users" does: each receipt says whether *that user* had an inbox, whatever the order.
+async fn one_event_to_several_users_reports_each_users_routing(make: MakeBroker) {
+    let broker = make(&config(&unique_name("conformance")));
+    let listener = subscriber(unique_user(), None);
+    declare(&*broker, &listener).await;
+    let event = message(1).prepare();
+    let batch: Vec<Publication> = [unique_user(), listener.user_id, unique_user()]
+        .into_iter()
+        .map(|user| Publication {
+            audience: Audience::User(user),
+            event: event.clone(),
+        })
+        .collect();
+    let receipts = broker.publish(&batch).await.expect("publish");
+    let routed: Vec<bool> = receipts.iter().map(|receipt| receipt.routed).collect();
+    assert_eq!(routed, [false, true, false]);
+    assert!(receipts.iter().all(|receipt| receipt.id == event.id));
+}
+
 /// Presence: online after `mark_online`, offline after `mark_offline`, offline again
 /// once the TTL lapses without a poll.
 async fn presence_follows_polls_and_disconnects(make: MakeBroker) {
@@ -515,6 +535,7 @@ longpoll_testkit::on_every_broker!(
     user_events_reach_only_that_user,
     reports_unrouted_events,
     concurrent_publishes_report_their_own_routing,
+    one_event_to_several_users_reports_each_users_routing,
     presence_follows_polls_and_disconnects,
     concurrent_polls_of_one_user_share_the_queue,
     a_poll_rebinds_a_user_who_changed_college,

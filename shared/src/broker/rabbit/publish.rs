@@ -82,20 +82,25 @@ impl RabbitBroker {
         }
         // A basic.return (no queue is bound to the key) comes before the ack of its
         // message, but an ack may cover several messages and lapin hands the return to
-        // whichever of them it settles first: match returns to messages by message id.
-        // The channel was this call's alone, so every return on it is one of ours.
-        let mut returned: HashMap<String, usize> = HashMap::new();
+        // whichever of them it settles first: match returns to messages by message id
+        // and routing key (one event sent to several users shares its id). The channel
+        // was this call's alone, so every return on it is one of ours.
+        let mut returned: HashMap<(String, String), usize> = HashMap::new();
         for message in confirmations.into_iter().filter_map(|c| c.take_message()) {
             let id = message
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|id| id.to_string());
-            *returned.entry(id.unwrap_or_default()).or_default() += 1;
+            let key = (id.unwrap_or_default(), message.routing_key.to_string());
+            *returned.entry(key).or_default() += 1;
         }
         Ok(messages
             .iter()
-            .map(|message| match returned.get_mut(message.id) {
+            .map(|message| {
+                (message.id.to_owned(), message.routing_key.clone())
+            })
+            .map(|key| match returned.get_mut(&key) {
                 Some(count) if *count > 0 => {
                     *count -= 1;
                     false
