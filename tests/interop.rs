@@ -1,5 +1,5 @@
 //! Interop with the real producer ecosystem: Python's `pika` and `PyJWT`, run from
-//! `tests/interop/` (the producer snippets of docs/contract.md) with no shim of ours.
+//! `tests/interop/` (bare clients, as the contract says a producer needs) with no shim of ours.
 //!
 //! `scripts/test` makes a virtual environment with `tests/interop/requirements.txt` and
 //! points `LONGPOLL_PYTHON` at it; otherwise `python3` must have both installed.

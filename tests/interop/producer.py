@@ -1,7 +1,7 @@
-"""Publish an event the way the Django backend does: pika, no code of ours.
+"""Publish an event with bare pika, no code of ours: proof that the contract's AMQP
+topology (docs/contract.md, "Publishing over AMQP") needs nothing but a stock client.
 
-This is the producer guide's snippet (docs/contract.md, "Publishing over AMQP"), run by
-tests/interop.rs:  python producer.py AMQP_URL ROUTING_KEY '{"event": ..., "data": ...}'
+Run by tests/interop.rs:  python producer.py AMQP_URL ROUTING_KEY '{"event": ..., "data": ...}'
 It prints the message id it set.
 """
 import json

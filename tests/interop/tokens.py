@@ -1,7 +1,7 @@
-"""Mint a user token the way the Django backend does: PyJWT, no code of ours.
+"""Mint a user token with bare PyJWT, no code of ours: proof that the contract's
+tokens (docs/contract.md, "User tokens") need nothing but a stock JWT library.
 
-This is the producer guide's snippet (docs/contract.md, "Publishing over AMQP"), run by
-tests/interop.rs:  python tokens.py SECRET USER_ID LIFETIME_SECONDS [COLLEGE_ID]
+Run by tests/interop.rs:  python tokens.py SECRET USER_ID LIFETIME_SECONDS [COLLEGE_ID]
 A negative lifetime makes an expired token.
 """
 import sys
