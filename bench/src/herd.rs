@@ -39,7 +39,16 @@ pub struct HerdReport {
     pub all_held_after: Option<Duration>,
     /// From the first poll until every user had an answer of 200.
     pub all_answered_after: Duration,
+    /// Polls sent once every user was held, over [`STEADY`]: whether the users stay held
+    /// and answered once the herd is in.
+    pub steady_polls: usize,
+    /// Those that did not answer 200.
+    pub steady_not_200: usize,
 }
+
+/// How long the users go on polling once all are held: three holds, so every user's
+/// poll is answered and renewed at least twice.
+pub const STEADY: Duration = Duration::from_millis(3 * 5_500 + 1_000);
 
 impl HerdReport {
     /// The report as one JSON line ([`HerdReport::from_json`] reads it back); seconds as
@@ -52,6 +61,8 @@ impl HerdReport {
             "retried": self.retried,
             "all_held_after": self.all_held_after.map(|after| after.as_secs_f64()),
             "all_answered_after": seconds(self.all_answered_after),
+            "steady_polls": self.steady_polls,
+            "steady_not_200": self.steady_not_200,
         })
     }
 
@@ -63,6 +74,8 @@ impl HerdReport {
             retried: json["retried"].as_u64()? as usize,
             all_held_after: seconds("all_held_after"),
             all_answered_after: seconds("all_answered_after").unwrap_or(Duration::MAX),
+            steady_polls: json["steady_polls"].as_u64()? as usize,
+            steady_not_200: json["steady_not_200"].as_u64()? as usize,
         })
     }
 
@@ -89,6 +102,8 @@ impl HerdReport {
                 .map(|report| report.all_answered_after)
                 .max()
                 .unwrap_or(Duration::MAX),
+            steady_polls: reports.iter().map(|report| report.steady_polls).sum(),
+            steady_not_200: reports.iter().map(|report| report.steady_not_200).sum(),
         }
     }
 
@@ -111,11 +126,13 @@ impl HerdReport {
             )
         };
         println!(
-            "herd of {} new users at once: {held}; first polls not 200: {} {:?}; answers not 200 in all: {}; {answered}",
+            "herd of {} new users at once: {held}; first polls not 200: {} {:?}; answers not 200 in all: {}; {answered}; once all held, {} of {} polls not 200",
             self.users,
             self.failures(),
             self.failed,
             self.retried,
+            self.steady_not_200,
+            self.steady_polls,
         );
     }
 }
@@ -146,11 +163,12 @@ pub async fn herd(url: &str, nodes: &[String], users: usize, held: usize) -> Her
             tokio::spawn(async move {
                 let (mut statuses, mut answered) = (Vec::new(), None);
                 while !over.load(Ordering::Relaxed) {
+                    let sent = started.elapsed();
                     let status = match client.get(&url).bearer_auth(&token).send().await {
                         Ok(response) => response.status().as_u16(),
                         Err(_) => 0,
                     };
-                    statuses.push(status);
+                    statuses.push((sent, status));
                     if status == 200 {
                         answered.get_or_insert(started.elapsed());
                     } else {
@@ -174,17 +192,23 @@ pub async fn herd(url: &str, nodes: &[String], users: usize, held: usize) -> Her
     })
     .await
     .unwrap();
-    // Everyone's next poll answers within a hold, after which the herd is over.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Everyone polls on through the steady window, after which the herd is over.
+    tokio::time::sleep(STEADY).await;
     over.store(true, Ordering::Relaxed);
+    let steady_from = all_held_after.unwrap_or(Duration::MAX);
     let (mut failed, mut retried, mut all_answered_after) = (BTreeMap::new(), 0, Duration::ZERO);
+    let (mut steady_polls, mut steady_not_200) = (0, 0);
     for poll in polls {
         let (statuses, answered) = poll.await.unwrap();
-        if statuses[0] != 200 {
-            *failed.entry(statuses[0]).or_default() += 1;
+        if statuses[0].1 != 200 {
+            *failed.entry(statuses[0].1).or_default() += 1;
         }
-        retried += statuses.iter().filter(|status| **status != 200).count();
+        retried += statuses.iter().filter(|(_, status)| *status != 200).count();
         all_answered_after = all_answered_after.max(answered.unwrap_or(Duration::MAX));
+        for (_, status) in statuses.iter().filter(|(sent, _)| *sent >= steady_from) {
+            steady_polls += 1;
+            steady_not_200 += usize::from(*status != 200);
+        }
     }
     HerdReport {
         users,
@@ -192,6 +216,8 @@ pub async fn herd(url: &str, nodes: &[String], users: usize, held: usize) -> Her
         retried,
         all_held_after,
         all_answered_after,
+        steady_polls,
+        steady_not_200,
     }
 }
 

@@ -22,7 +22,7 @@ use longpoll_testkit::private_node::{PrivateNode, ctl};
 use plotters::prelude::*;
 
 use crate::{
-    herd::{HerdReport, herd},
+    herd::{HerdReport, STEADY, herd},
     load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
     server::{Server, sibling},
     stats,
@@ -197,6 +197,7 @@ impl<'a> Site<'a> {
             seconds: options.seconds,
             drain: Duration::from_secs(20),
             server_pid: Some(self.server.pid),
+            broker_pid: None,
         })
         .await
     }
@@ -243,9 +244,11 @@ fn held(report: &HerdReport) -> String {
         after => format!("{:.1} s", after.as_secs_f64()),
     };
     format!(
-        "{held} | {answered} | {} | {}",
+        "{held} | {answered} | {} | {} | {} of {}",
         report.failures(),
-        report.retried
+        report.retried,
+        report.steady_not_200,
+        report.steady_polls
     )
 }
 
@@ -367,11 +370,37 @@ pub async fn run(options: &Options) {
     let most = shards.split_herd(options.most).await;
     println!("\n### New users on the three shards\n");
     println!(
-        "| new users at once | all held after | all answered 200 after | first polls not 200 | answers not 200 in all |"
+        "| new users at once | all held after | all answered 200 after | first polls not 200 | answers not 200 in all | once all held: polls not 200 |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     println!("| {} | {} |", options.herd, held(&new_users));
     println!("| {} | {} |", options.most, held(&most));
+    let holds = most.all_held_after.is_some() && most.steady_not_200 == 0;
+    println!(
+        "\nOnce all were held, every user went on polling for {:.1} s (three holds): {}. The most users held on three shards with every poll answered: {} (goal: at least 20,000): {}.",
+        STEADY.as_secs_f64(),
+        if holds {
+            format!(
+                "all {} polls of the {} users answered 200",
+                most.steady_polls, options.most
+            )
+        } else {
+            format!(
+                "{} of {} polls did not answer 200",
+                most.steady_not_200, most.steady_polls
+            )
+        },
+        if holds {
+            options.most.to_string()
+        } else {
+            "fewer".to_owned()
+        },
+        if holds && options.most >= 20_000 {
+            "met"
+        } else {
+            "not met"
+        },
+    );
 
     let picture = options.out.join("shards.svg");
     match draw(&spreads, &picture) {
