@@ -97,9 +97,7 @@ impl RabbitBroker {
         }
         Ok(messages
             .iter()
-            .map(|message| {
-                (message.id.to_owned(), message.routing_key.clone())
-            })
+            .map(|message| (message.id.to_owned(), message.routing_key.clone()))
             .map(|key| match returned.get_mut(&key) {
                 Some(count) if *count > 0 => {
                     *count -= 1;
