@@ -17,7 +17,7 @@ use crate::{
     load::{self, Contender, LoadOptions, LoadReport, PollMode, ServerPublish},
     probes,
     server::Servers,
-    stats::{median, ms},
+    stats::{self, median, ms},
 };
 
 /// New users a second while a load ramps up: what a 2-core broker sets up without a
@@ -54,6 +54,11 @@ pub struct LatencyRow {
     pub published: usize,
     pub lost: usize,
     pub failed_polls: usize,
+    /// CPU in µs, medians over runs: the server's per delivered event (above its idle
+    /// rate) and per idle poll, the broker's per delivered event.
+    pub server_us_per_event: f64,
+    pub server_us_per_idle_poll: f64,
+    pub broker_us_per_event: f64,
 }
 
 impl LatencyRow {
@@ -64,6 +69,9 @@ impl LatencyRow {
     pub fn of(users: usize, rate: u64, server: &'static str, reports: &[LoadReport]) -> LatencyRow {
         let figures: Vec<[f64; 4]> = reports.iter().map(LoadReport::latency_ms).collect();
         let column = |i: usize| median(&figures.iter().map(|f| f[i]).collect::<Vec<_>>());
+        let cpu = |figure: &dyn Fn(&LoadReport) -> Option<f64>| {
+            median(&reports.iter().filter_map(figure).collect::<Vec<_>>())
+        };
         LatencyRow {
             users,
             rate,
@@ -78,6 +86,9 @@ impl LatencyRow {
                 .iter()
                 .map(|r| r.poll_failures.values().sum::<usize>())
                 .sum(),
+            server_us_per_event: cpu(&|r| r.us_per_event().0),
+            server_us_per_idle_poll: cpu(&|r| r.server_us_per_idle_poll()),
+            broker_us_per_event: cpu(&|r| r.us_per_event().1),
         }
     }
 }
@@ -166,6 +177,7 @@ pub async fn run(
     seconds: u64,
 ) -> Vec<LatencyRow> {
     let mut rows = Vec::new();
+    let broker_pid = stats::broker_pid(&servers.amqp_url);
     for &(users, rate) in loads {
         let mut variants: Vec<(&'static str, Contender, Option<u32>)> = vec![];
         if let Some(nchan) = &servers.nchan {
@@ -229,11 +241,13 @@ pub async fn run(
                     seconds,
                     drain: Duration::from_secs(30),
                     server_pid: *pid,
+                    broker_pid,
                 })
                 .await;
                 eprintln!(
-                    "  N={users}, R={rate}/s: {server} #{run}: {}",
-                    report.summary()
+                    "  N={users}, R={rate}/s: {server} #{run}: {}; {}",
+                    report.summary(),
+                    report.cpu_line()
                 );
                 reports.push(report);
                 cool_down().await;
@@ -283,6 +297,35 @@ pub fn print(rows: &[LatencyRow]) {
     }
     print_guide_ratios(rows);
     print_share_above_the_floor(rows);
+    print_cpu(rows);
+}
+
+/// CPU per unit of work, beside each other: the server's per delivered event and per
+/// idle poll, the broker's per delivered event (medians of the runs).
+pub fn print_cpu(rows: &[LatencyRow]) {
+    let us = |value: f64| {
+        if value.is_nan() {
+            "–".to_owned()
+        } else {
+            format!("{value:.0}")
+        }
+    };
+    println!(
+        "\nCPU per unit of work, from each process's user and system time (`/proc/<pid>/stat`, 10 ms ticks): an event's cost is what the publishing window spent above the idle rate of the same users polling with nothing published (the warm-up), over the events delivered; an idle poll's is the warm-up's CPU over its polls (all empty). Nchan's figure includes its master and worker; the broker is the Erlang VM.\n"
+    );
+    println!(
+        "| N users, R events/s: server | server µs per event | server µs per idle poll | broker µs per event |"
+    );
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            row.label(),
+            us(row.server_us_per_event),
+            us(row.server_us_per_idle_poll),
+            us(row.broker_us_per_event)
+        );
+    }
 }
 
 /// The server's own share, as the goal states it: longpoll's p50 at most

@@ -233,6 +233,9 @@ mod tests {
             published: 100,
             lost: 0,
             failed_polls: 0,
+            server_us_per_event: f64::NAN,
+            server_us_per_idle_poll: f64::NAN,
+            broker_us_per_event: f64::NAN,
         }
     }
 

@@ -58,6 +58,7 @@ pub async fn run(options: Options) {
         seconds: options.seconds,
         drain: Duration::from_secs(30),
         server_pid: pid,
+        broker_pid: None,
     })
     .await;
     print(&report, pid, amqp_usage(None));

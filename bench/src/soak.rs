@@ -132,6 +132,7 @@ pub async fn run(options: SoakOptions) -> SoakReport {
         seconds: options.seconds,
         drain: Duration::from_secs(60),
         server_pid: options.server_pid,
+        broker_pid: None,
     })
     .await;
     killer.abort();

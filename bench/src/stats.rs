@@ -18,7 +18,7 @@ pub fn median(values: &[f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-pub use longpoll_testkit::process::status_kib;
+pub use longpoll_testkit::process::{cpu_time, status_kib};
 
 /// The process's resident memory now, in KiB.
 pub fn rss_kib(pid: u32) -> Option<usize> {
@@ -42,4 +42,53 @@ pub fn ms(value: f64) -> String {
     } else {
         format!("{value:.2}")
     }
+}
+
+/// User plus system CPU time of `pid` and of its children so far: nginx's master and
+/// its worker, or a process alone.
+pub fn cpu_of_tree(pid: u32) -> Duration {
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| parent_of(*child) == Some(pid));
+    cpu_time(pid) + children.map(cpu_time).sum::<Duration>()
+}
+
+/// The parent of `pid` (`/proc/<pid>/stat`, the field after the state).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The broker node's OS process (the Erlang VM), asked of the node with `rabbitmqctl`:
+/// the private node on `amqp_url`'s port (`longpoll-<port>@localhost`), else the
+/// machine's default node. `None` when neither answers.
+pub fn broker_pid(amqp_url: &str) -> Option<u32> {
+    let port = amqp_url
+        .rsplit_once('@')
+        .map_or(amqp_url, |(_, host)| host)
+        .split(['/', '?'])
+        .next()?
+        .rsplit_once(':')
+        .map(|(_, port)| port.to_owned());
+    let nodes = port
+        .map(|port| vec![vec!["-n".to_owned(), format!("longpoll-{port}@localhost")]])
+        .unwrap_or_default()
+        .into_iter()
+        .chain([Vec::new()]);
+    for node in nodes {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(&node)
+            .args(["eval", "os:getpid()."])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if let Ok(pid) = text.trim().trim_matches('"').parse() {
+            return Some(pid);
+        }
+    }
+    None
 }

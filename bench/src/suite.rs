@@ -107,6 +107,7 @@ pub async fn run(options: Options) {
             seconds: options.held_seconds,
             drain: Duration::from_secs(30),
             server_pid: Some(fresh.pid),
+            broker_pid: None,
         })
         .await;
         let usage = held::amqp_usage(options.node.as_deref());
@@ -136,6 +137,7 @@ pub async fn run(options: Options) {
                     seconds: options.seconds,
                     drain: Duration::from_secs(30),
                     server_pid: None,
+                    broker_pid: None,
                 })
                 .await,
             );

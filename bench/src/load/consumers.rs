@@ -36,6 +36,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use super::{
     LoadOptions, LoadReport,
     ledger::Ledger,
+    report::CpuSample,
     window::{fresh_user_base, publish_window},
 };
 
@@ -88,9 +89,18 @@ pub(super) async fn run(options: &LoadOptions, amqp_url: &str) -> LoadReport {
         .acquire_many(SET_UPS_AT_ONCE as u32)
         .await
         .expect("never closed");
-    tokio::time::sleep(Duration::from_secs(1) + options.warm_up).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sample = || CpuSample::take(None, options.broker_pid, 0);
+    let idle_started = sample();
+    tokio::time::sleep(options.warm_up).await;
+    let window_started = sample();
+    let idle_cpu = idle_started.until(&window_started);
 
-    let report = publish_window(options, &ledger, base_user, |_| {}).await;
+    let mut report = publish_window(options, &ledger, base_user, |report| {
+        report.window_cpu = Some(window_started.until(&sample()));
+    })
+    .await;
+    report.idle_cpu = Some(idle_cpu);
     for consumer in consumers {
         consumer.abort();
     }

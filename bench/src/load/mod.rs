@@ -116,8 +116,11 @@ pub struct LoadOptions {
     /// At most how long the polls go on after the last publish, until every confirmed
     /// event has arrived; an event still missing then counts as lost.
     pub drain: Duration,
-    /// The server's process, for its RSS once a second.
+    /// The server's process, for its RSS once a second and its CPU (with its children:
+    /// nginx's worker) while idle and while publishing.
     pub server_pid: Option<u32>,
+    /// The broker's process (the Erlang VM), for its CPU the same way.
+    pub broker_pid: Option<u32>,
 }
 
 /// Runs the load; returns when the drain period after the last publish is over.

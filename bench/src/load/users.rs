@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::{
     LoadOptions, LoadReport,
     ledger::Ledger,
+    report::CpuSample,
     window::{fresh_user_base, publish_window},
 };
 use crate::{nchan, stats};
@@ -91,7 +92,15 @@ pub(super) async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1) + options.warm_up).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sample = || {
+        let answered = counters.answered.load(Ordering::Relaxed);
+        CpuSample::take(options.server_pid, options.broker_pid, answered)
+    };
+    let idle_started = sample();
+    tokio::time::sleep(options.warm_up).await;
+    let window_started = sample();
+    let idle_cpu = idle_started.until(&window_started);
 
     let answered_before = counters.answered.load(Ordering::Relaxed);
     counters.failures.lock().unwrap().clear();
@@ -101,8 +110,10 @@ pub(super) async fn run(
         if let Some(rss) = options.server_pid.and_then(stats::rss_kib) {
             report.rss_kib.push(rss);
         }
+        report.window_cpu = Some(window_started.until(&sample()));
     })
     .await;
+    report.idle_cpu = Some(idle_cpu);
     counters.stop.store(true, Ordering::Relaxed);
     for poller in pollers {
         poller.abort();
