@@ -145,9 +145,10 @@ class AmqpPublisher(Publisher):
     """Publishes over AMQP to one broker (`url`) or several (`urls` in the servers'
     `AMQP_URLS` order, with their `AMQP_SLOTS` if set).
 
-    `timeout` bounds connecting and each confirm wait, in seconds; after a broken
-    connection a publish is tried `retries` more times, waiting `backoff` seconds
-    doubled each time (with jitter) between attempts.
+    `timeout` bounds connecting and a connection the broker blocks (its memory or disk
+    alarm), in seconds; a broker that stops answering mid-publish is noticed by the
+    30 s heartbeat. After a broken connection a publish is tried `retries` more times,
+    waiting `backoff` seconds doubled each time (with jitter) between attempts.
     """
 
     def __init__(
