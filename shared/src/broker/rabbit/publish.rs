@@ -95,15 +95,21 @@ impl RabbitBroker {
             let key = (id.unwrap_or_default(), message.routing_key.to_string());
             *returned.entry(key).or_default() += 1;
         }
+        // Most batches have no return: then no key is built for any message.
         Ok(messages
             .iter()
-            .map(|message| (message.id.to_owned(), message.routing_key.clone()))
-            .map(|key| match returned.get_mut(&key) {
-                Some(count) if *count > 0 => {
-                    *count -= 1;
-                    false
+            .map(|message| {
+                if returned.is_empty() {
+                    return true;
                 }
-                _ => true,
+                let key = (message.id.to_owned(), message.routing_key.clone());
+                match returned.get_mut(&key) {
+                    Some(count) if *count > 0 => {
+                        *count -= 1;
+                        false
+                    }
+                    _ => true,
+                }
             })
             .collect())
     }
