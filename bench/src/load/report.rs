@@ -112,8 +112,8 @@ impl LoadReport {
             return (None, None);
         };
         let events = self.published.saturating_sub(self.lost).max(1) as f64;
-        let net = |idle: Option<Duration>, busy: Option<Duration>| {
-            let rate = idle?.as_secs_f64() / idle_seconds(&self.idle_cpu);
+        let net = |spent: Option<Duration>, busy: Option<Duration>| {
+            let rate = spent?.as_secs_f64() / idle.elapsed.as_secs_f64().max(1e-3);
             let above = busy?.as_secs_f64() - rate * window.elapsed.as_secs_f64();
             Some(above.max(0.0) * 1e6 / events)
         };
@@ -141,10 +141,6 @@ impl LoadReport {
         latencies.sort();
         [0.5, 0.9, 0.99, 1.0].map(|q| stats::percentile_ms(&latencies, q))
     }
-}
-
-fn idle_seconds(idle: &Option<Cpu>) -> f64 {
-    idle.map_or(1.0, |idle| idle.elapsed.as_secs_f64().max(1e-3))
 }
 
 #[cfg(test)]
