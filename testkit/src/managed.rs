@@ -51,6 +51,17 @@ pub struct HeldPolls {
     /// poll was held, and over the whole round.
     pub cpu_setting_up: Duration,
     pub cpu_round: Duration,
+    /// With [`IdleRound::Measure`]: CPU time over one more round, every user polling
+    /// with nothing queued until each poll answers empty at the end of its hold.
+    pub cpu_idle_round: Option<Duration>,
+}
+
+/// Whether [`hold_in_one_process`] ends with a round of idle polls, to measure what an
+/// idle poll costs beside one answered with an event (it takes a whole hold).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleRound {
+    Skip,
+    Measure,
 }
 
 /// A function process; killed when dropped.
@@ -154,12 +165,14 @@ impl Drop for Function {
 
 /// Runs `binary` (poll-events) with room for `polls` invocations at once on the broker at
 /// `amqp_url` (whose node `rabbitmqctl -n node` reaches), holds a poll for each of
-/// `polls` new users, and publishes each one event once all are held.
+/// `polls` new users, and publishes each one event once all are held; then, with
+/// [`IdleRound::Measure`], polls once more for every user with nothing queued.
 pub async fn hold_in_one_process(
     binary: &Path,
     amqp_url: &str,
     node: &str,
     polls: usize,
+    idle_round: IdleRound,
 ) -> HeldPolls {
     let runtime = RuntimeApi::start().await;
     let function = Function::start(binary, &runtime, polls, FUNCTION_NAME, amqp_url, &[]);
@@ -236,13 +249,30 @@ pub async fn hold_in_one_process(
     };
     let (answers, (cpu_setting_up, rss_kib, connections)) = tokio::join!(held, publish);
     publisher.close().await;
+    let cpu_round = cpu_time(pid) - cpu_before;
+    let peak_rss_kib = status_kib(pid, "VmHWM").unwrap_or_default();
+
+    let cpu_idle_round = match idle_round {
+        IdleRound::Skip => None,
+        IdleRound::Measure => {
+            let cpu_before = cpu_time(pid);
+            let idle = poll_all(&runtime, &events).await;
+            let answered_empty = idle
+                .iter()
+                .filter(|(answer, _)| status(answer) == 200 && events_of(answer).is_empty())
+                .count();
+            assert_eq!(answered_empty, polls, "every idle poll answers empty");
+            Some(cpu_time(pid) - cpu_before)
+        }
+    };
     HeldPolls {
         answers,
         connections,
         rss_kib,
-        peak_rss_kib: status_kib(pid, "VmHWM").unwrap_or_default(),
+        peak_rss_kib,
         cpu_setting_up,
-        cpu_round: cpu_time(pid) - cpu_before,
+        cpu_round,
+        cpu_idle_round,
     }
 }
 

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use longpoll_testkit::{
-    managed::{INVOCATION_TIMEOUT, events_of, hold_in_one_process, status},
+    managed::{INVOCATION_TIMEOUT, IdleRound, events_of, hold_in_one_process, status},
     private_node::PrivateNode,
 };
 
@@ -21,7 +21,7 @@ const POLLS: usize = 1000;
 async fn one_process_holds_a_thousand_polls_on_one_connection() {
     let node = PrivateNode::start(None);
     let binary = Path::new(env!("CARGO_BIN_EXE_poll-events"));
-    let held = hold_in_one_process(binary, &node.url(), &node.name(), POLLS).await;
+    let held = hold_in_one_process(binary, &node.url(), &node.name(), POLLS, IdleRound::Skip).await;
 
     assert_eq!(
         held.connections, 1,
