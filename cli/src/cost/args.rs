@@ -3,7 +3,10 @@
 
 use clap::{Args, ValueEnum};
 
-use super::model::{BrokerPrice, Deployment, FrontDoor, Inputs};
+use super::{
+    measured::{CpuCost, FUNCTION, LOCAL_SERVER},
+    model::{BrokerPrice, Deployment, FrontDoor, Inputs},
+};
 
 /// `--front-door`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +100,29 @@ pub struct CostArgs {
     /// Containers: tasks kept running off-peak.
     #[arg(long, default_value_t = 2)]
     pub min_tasks: u64,
+    /// Containers: vCPUs per task (the task price's size).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus_per_task: u64,
+    /// Managed instances: poll-events' CPU µs per idle poll (measured:
+    /// `scripts/bench managed`, bench/RESULTS.md).
+    #[arg(long, default_value_t = FUNCTION.cpu.idle_poll_us)]
+    pub function_idle_poll_us: f64,
+    /// Managed instances: poll-events' CPU µs per delivered event, beyond an idle poll
+    /// (measured: `scripts/bench managed`).
+    #[arg(long, default_value_t = FUNCTION.cpu.event_us)]
+    pub function_event_us: f64,
+    /// Containers: the local server's CPU µs per idle poll (measured: `scripts/bench
+    /// cpu`, bench/RESULTS.md).
+    #[arg(long, default_value_t = LOCAL_SERVER.cpu.idle_poll_us)]
+    pub server_idle_poll_us: f64,
+    /// Containers: the local server's CPU µs per delivered event (measured: `scripts/bench
+    /// cpu`).
+    #[arg(long, default_value_t = LOCAL_SERVER.cpu.event_us)]
+    pub server_event_us: f64,
+    /// Managed instances and containers: the share of each vCPU that may be busy at the
+    /// peak; past it, more environments or tasks.
+    #[arg(long, default_value_t = 0.5)]
+    pub cpu_target: f64,
     /// Containers: $ a task-hour (Fargate arm64, 1 vCPU and 2 GB).
     #[arg(long, default_value_t = 0.039_5)]
     pub task_hour: f64,
@@ -169,7 +195,17 @@ impl CostArgs {
             min_instances: self.min_instances,
             polls_per_task: self.polls_per_task,
             min_tasks: self.min_tasks,
+            vcpus_per_task: self.vcpus_per_task,
             task_hour: self.task_hour,
+            function_cpu: CpuCost {
+                idle_poll_us: self.function_idle_poll_us,
+                event_us: self.function_event_us,
+            },
+            server_cpu: CpuCost {
+                idle_poll_us: self.server_idle_poll_us,
+                event_us: self.server_event_us,
+            },
+            cpu_target: self.cpu_target,
             load_balancer_hour: self.load_balancer_hour,
             lcu_hour: self.lcu_hour,
             broker_prices: self.broker_prices.clone(),

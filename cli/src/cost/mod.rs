@@ -19,10 +19,17 @@
 //! queue, its binding record, presence). Prices are list prices in us-east-1 at the time
 //! of writing; every one is a flag.
 //!
-//! Layout: `args` (the flags, read into plain inputs), `model` (inputs in, an estimate
-//! per `Mode` out), `report` (the table).
+//! Managed instances and containers run as many processes as the held polls need, or
+//! as their CPU needs if that is more: CPU per idle poll and per event, measured by
+//! `scripts/bench` (`measured` names the runs), with at most `--cpu-target` of each
+//! vCPU busy at the peak.
+//!
+//! Layout: `measured` (the CPU figures and the bench runs they came from), `args` (the
+//! flags, read into plain inputs), `model` (inputs in, an estimate per `Mode` out),
+//! `report` (the table).
 
 mod args;
+mod measured;
 mod model;
 mod report;
 
@@ -39,6 +46,7 @@ mod tests {
 
     use super::{
         args::CostArgs,
+        measured::{CpuCost, FUNCTION, LOCAL_SERVER},
         model::{Estimate, Inputs, Mode, crossover, estimate},
     };
 
@@ -192,6 +200,51 @@ mod tests {
             let below = at(users - if users <= 1_000 { 100 } else { 500 });
             assert!(below[1].total() >= below[0].total());
         }
+    }
+
+    /// Part of the goal: the compute lines follow the measured CPU once it needs
+    /// more processes than the held polls do.
+    #[test]
+    fn compute_follows_the_measured_cpu_when_it_needs_more_processes() {
+        // Ten events a second to each of 10,000 users: CPU, not held polls, sizes both.
+        let busy = args(&["--events-per-user-hour", "36000"]);
+        let [_, managed, containers] = three(&busy).unwrap();
+        let online_hours = 8.0 * 30.0;
+        let off_peak = 720.0 - online_hours;
+        let needed = |cpu: CpuCost| (cpu.vcpus(10_000.0, 5.5, 36_000.0) / 0.5).ceil() as u64;
+
+        let tasks = needed(LOCAL_SERVER.cpu);
+        assert!(tasks > 2, "more tasks than the held polls need: {tasks}");
+        assert_eq!(containers.processes.unwrap().count, tasks);
+        let task_hours = tasks as f64 * online_hours + 2.0 * off_peak;
+        assert!((containers.compute - task_hours * 0.0395).abs() < 1e-6);
+
+        let environments = needed(FUNCTION.cpu);
+        assert!(
+            environments > 10,
+            "more environments than 1,000 polls each: {environments}"
+        );
+        assert_eq!(managed.processes.unwrap().count, environments);
+        // One vCPU per environment, two per instance.
+        let instance_hours = environments.div_ceil(2).max(3) as f64 * online_hours + 3.0 * off_peak;
+        assert!((managed.compute - instance_hours * 0.0725 * 1.15).abs() < 1e-6);
+
+        // At the defaults (60 events an hour) the held polls decide: 10 environments of
+        // 1,000 polls, and the CPU alone needs fewer.
+        let [_, managed, _] = three(&args(&[])).unwrap();
+        let processes = managed.processes.unwrap();
+        assert_eq!(processes.count, 10);
+        assert!(processes.for_cpu < 10, "{processes:?}");
+        // Doubling the CPU per event doubles what the CPU alone needs, within a process.
+        let heavier = args(&[
+            "--events-per-user-hour",
+            "36000",
+            "--function-event-us",
+            &(2.0 * FUNCTION.cpu.event_us).to_string(),
+        ]);
+        let [_, heavier, _] = three(&heavier).unwrap();
+        assert!(heavier.processes.unwrap().count >= 2 * environments - 1);
+        assert!(three(&args(&["--cpu-target", "0"])).is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The cost model: plain inputs in, an estimate per [`Mode`] out; see the module above
 //! for what it counts.
 
+use super::measured::CpuCost;
+
 /// What the browsers' and backends' requests arrive through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrontDoor {
@@ -91,7 +93,14 @@ pub struct Inputs {
     pub min_instances: u64,
     pub polls_per_task: u64,
     pub min_tasks: u64,
+    pub vcpus_per_task: u64,
     pub task_hour: f64,
+    /// CPU per poll and per event of a `poll-events` process (managed instances) and of
+    /// a local server (containers).
+    pub function_cpu: CpuCost,
+    pub server_cpu: CpuCost,
+    /// The share of each vCPU that may be busy at the peak (the rest is headroom).
+    pub cpu_target: f64,
     pub load_balancer_hour: f64,
     pub lcu_hour: f64,
     pub broker_prices: Vec<BrokerPrice>,
@@ -157,6 +166,35 @@ pub struct Estimate {
     /// broker it has served a user of, so in time to all of them.
     pub connections: u64,
     pub queues: u64,
+    /// Managed instances and containers: the processes running at the peak.
+    pub processes: Option<Processes>,
+}
+
+/// Processes (execution environments, or tasks) at the peak, and what sized them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Processes {
+    pub count: u64,
+    /// How many the CPU alone needs, at the CPU target.
+    pub for_cpu: u64,
+}
+
+impl Processes {
+    /// Enough processes of `vcpus` each for the held polls (`polls_per_process` each)
+    /// and for the CPU that `cpu` says the users need, at most `target` of each vCPU
+    /// busy; at least `min`.
+    fn sized(args: &Inputs, polls_per_process: u64, cpu: &CpuCost, vcpus: u64, min: u64) -> Self {
+        let for_polls = args.users.div_ceil(polls_per_process.max(1));
+        let busy_vcpus = cpu.vcpus(
+            args.users as f64,
+            args.hold_seconds,
+            args.events_per_user_hour,
+        );
+        let for_cpu = (busy_vcpus / args.cpu_target / vcpus.max(1) as f64).ceil() as u64;
+        Self {
+            count: for_polls.max(for_cpu).max(min),
+            for_cpu,
+        }
+    }
 }
 
 impl Estimate {
@@ -207,6 +245,9 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
             "--hold-seconds must be above 0 and at most {LONGEST_HOLD_SECONDS} (the HTTP API stops an integration at 30 s)"
         ));
     }
+    if !(args.cpu_target > 0.0 && args.cpu_target <= 1.0) {
+        return Err("--cpu-target must be above 0 and at most 1".to_owned());
+    }
     let users = args.users as f64;
     let online_hours = args.hours_per_day * args.days;
     let month_hours = 24.0 * args.days;
@@ -237,10 +278,19 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         brokers: broker(standard_connections),
         connections: standard_connections,
         queues,
+        processes: None,
     };
 
-    // Managed instances: environments for the peak, instances for their vCPUs.
-    let environments = args.users.div_ceil(args.polls_per_environment.max(1));
+    // Managed instances: environments for the peak (for its held polls, or for its CPU
+    // if that needs more), instances for their vCPUs.
+    let managed_processes = Processes::sized(
+        args,
+        args.polls_per_environment,
+        &args.function_cpu,
+        args.vcpus_per_environment,
+        0,
+    );
+    let environments = managed_processes.count;
     let peak_instances = (environments * args.vcpus_per_environment)
         .div_ceil(args.vcpus_per_instance.max(1))
         .max(args.min_instances);
@@ -263,13 +313,19 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         brokers: broker(environments),
         connections: environments,
         queues,
+        processes: Some(managed_processes),
     };
 
-    // Containers: local-server tasks behind a load balancer.
-    let tasks = args
-        .users
-        .div_ceil(args.polls_per_task.max(1))
-        .max(args.min_tasks);
+    // Containers: local-server tasks behind a load balancer, for the held polls or for
+    // their CPU.
+    let task_processes = Processes::sized(
+        args,
+        args.polls_per_task,
+        &args.server_cpu,
+        args.vcpus_per_task,
+        args.min_tasks,
+    );
+    let tasks = task_processes.count;
     let task_hours =
         tasks as f64 * online_hours + args.min_tasks as f64 * (month_hours - online_hours);
     let containers = Estimate {
@@ -283,6 +339,7 @@ pub fn estimate(args: &Inputs) -> Result<Estimates, String> {
         brokers: broker(tasks),
         connections: tasks,
         queues,
+        processes: Some(task_processes),
     };
     Ok(Estimates([standard, managed, containers]))
 }

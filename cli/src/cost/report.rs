@@ -1,7 +1,10 @@
 //! What `longpoll cost` prints: a Markdown table of every mode's month, and the
 //! crossover points.
 
-use super::model::{Deployment, Estimate, FrontDoor, Inputs, Mode, crossover, estimate};
+use super::{
+    measured::{FUNCTION, LOCAL_SERVER},
+    model::{Deployment, Estimate, Estimates, FrontDoor, Inputs, Mode, crossover, estimate},
+};
 
 /// The report `longpoll cost` prints: a Markdown table and the crossover points.
 pub fn report(args: &Inputs) -> Result<String, String> {
@@ -60,6 +63,7 @@ pub fn report(args: &Inputs) -> Result<String, String> {
     });
     out += &row("broker queues in all", &|e| thousands(e.queues));
     out += "\n";
+    out += &compute_sizing(args, &estimates);
     let from = |users: Option<u64>| match users {
         Some(users) => format!("from {} online users", thousands(users)),
         None => "at no size up to 100,000 online users".to_owned(),
@@ -71,6 +75,50 @@ pub fn report(args: &Inputs) -> Result<String, String> {
         from(crossover(args, Mode::Containers, Mode::Managed)),
     );
     Ok(out)
+}
+
+/// How the managed instances' and containers' processes were sized: the CPU figures
+/// (and the bench run they came from, when they are the measured defaults), and how many
+/// processes the CPU alone would need.
+fn compute_sizing(args: &Inputs, estimates: &Estimates) -> String {
+    let mut out = format!(
+        "Compute is sized by the held polls or by CPU, whichever needs more, with at most {:.0} % of a vCPU busy:",
+        args.cpu_target * 100.0
+    );
+    let sized = [
+        (
+            Mode::Managed,
+            "poll-events",
+            &args.function_cpu,
+            &FUNCTION,
+            "environments",
+        ),
+        (
+            Mode::Containers,
+            "the local server",
+            &args.server_cpu,
+            &LOCAL_SERVER,
+            "tasks",
+        ),
+    ];
+    for (i, (mode, process, cpu, measured, unit)) in sized.into_iter().enumerate() {
+        let Some(processes) = estimates.of(mode).processes else {
+            continue;
+        };
+        let source = match *cpu == measured.cpu {
+            true => measured.run,
+            false => "as given",
+        };
+        out += &format!(
+            "{} {process} {:.0} µs an idle poll, {:.0} µs an event ({source}): {} {unit} (CPU alone: {})",
+            if i == 0 { "" } else { ";" },
+            cpu.idle_poll_us,
+            cpu.event_us,
+            thousands(processes.count),
+            thousands(processes.for_cpu),
+        );
+    }
+    out + ".\n\n"
 }
 
 fn thousands(value: u64) -> String {
