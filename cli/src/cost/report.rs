@@ -81,10 +81,6 @@ pub fn report(args: &Inputs) -> Result<String, String> {
 /// (and the bench run they came from, when they are the measured defaults), and how many
 /// processes the CPU alone would need.
 fn compute_sizing(args: &Inputs, estimates: &Estimates) -> String {
-    let mut out = format!(
-        "Compute is sized by the held polls or by CPU, whichever needs more, with at most {:.0} % of a vCPU busy:",
-        args.cpu_target * 100.0
-    );
     let sized = [
         (
             Mode::Managed,
@@ -101,24 +97,28 @@ fn compute_sizing(args: &Inputs, estimates: &Estimates) -> String {
             "tasks",
         ),
     ];
-    for (i, (mode, process, cpu, measured, unit)) in sized.into_iter().enumerate() {
-        let Some(processes) = estimates.of(mode).processes else {
-            continue;
-        };
-        let source = match *cpu == measured.cpu {
-            true => measured.run,
-            false => "as given",
-        };
-        out += &format!(
-            "{} {process} {:.0} µs an idle poll, {:.0} µs an event ({source}): {} {unit} (CPU alone: {})",
-            if i == 0 { "" } else { ";" },
-            cpu.idle_poll_us,
-            cpu.event_us,
-            thousands(processes.count),
-            thousands(processes.for_cpu),
-        );
-    }
-    out + ".\n\n"
+    let parts: Vec<String> = sized
+        .into_iter()
+        .filter_map(|(mode, process, cpu, measured, unit)| {
+            let processes = estimates.of(mode).processes?;
+            let source = match *cpu == measured.cpu {
+                true => measured.run,
+                false => "as given",
+            };
+            Some(format!(
+                "{process} {:.0} µs an idle poll, {:.0} µs an event ({source}): {} {unit} (CPU alone: {})",
+                cpu.idle_poll_us,
+                cpu.event_us,
+                thousands(processes.count),
+                thousands(processes.for_cpu),
+            ))
+        })
+        .collect();
+    format!(
+        "Compute is sized by the held polls or by CPU, whichever needs more, with at most {:.0} % of a vCPU busy: {}.\n\n",
+        args.cpu_target * 100.0,
+        parts.join("; ")
+    )
 }
 
 fn thousands(value: u64) -> String {
